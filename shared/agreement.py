@@ -1,0 +1,110 @@
+"""How much two rankings of the same candidates disagree.
+
+The device compares the cloud's order of its candidate list with its own
+order of the same list; a large disagreement means the cloud's list is
+probably stale. Rankings are arrays of item ids, best first.
+
+Example::
+
+    footrule(np.array([1, 2, 3]), np.array([3, 2, 1]))   # 1.0, maximally apart
+    rank_biased_overlap(a, b, p=0.9)                       # 1.0 when identical
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+Measure = Literal["footrule", "kendall", "rbo"]
+
+
+def _positions(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in ``a`` and in ``b`` of the same items (``a``'s order)."""
+    a = np.asarray(a)
+    b = np.asarray(b)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"rankings must be 1-d and of equal length, got {a.shape} and {b.shape}")
+    order_b = np.argsort(b, kind="stable")
+    idx = np.searchsorted(b, a, sorter=order_b)
+    idx = np.clip(idx, 0, len(b) - 1)
+    pos_b = order_b[idx]
+    if not np.array_equal(b[pos_b], a):
+        raise ValueError("rankings must order the same items")
+    return np.arange(len(a)), pos_b
+
+
+def footrule(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's footrule distance, normalised to [0, 1] (0 = same order).
+
+    Sum of |position in a - position in b| over items, divided by its maximum
+    for n items, floor(n^2 / 2).
+    """
+    n = len(a)
+    if n < 2:
+        _positions(a, b)
+        return 0.0
+    pa, pb = _positions(a, b)
+    return float(np.abs(pa - pb).sum() / (n * n // 2))
+
+
+def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
+    """Kendall's tau in [-1, 1]: 1 = same order, -1 = reversed. O(n^2), fine for n <= 1000."""
+    n = len(a)
+    if n < 2:
+        _positions(a, b)
+        return 1.0
+    _, pb = _positions(a, b)
+    d = np.sign(pb[None, :] - pb[:, None])
+    iu = np.triu_indices(n, k=1)
+    concordant_minus_discordant = d[iu].sum()
+    return float(concordant_minus_discordant / (n * (n - 1) / 2))
+
+
+def rank_biased_overlap(a: np.ndarray, b: np.ndarray, p: float = 0.9, depth: int | None = None) -> float:
+    """Rank-biased overlap in [0, 1] (Webber et al. 2010), truncated and normalised.
+
+    Weighs agreement at the top: the overlap of the first d items, weighted by
+    p^(d-1), summed to ``depth`` (default: the list length) and divided by the
+    weights' sum, so identical lists score exactly 1. Lists need not share items.
+    """
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must be in (0, 1), got {p}")
+    a = np.asarray(a)
+    b = np.asarray(b)
+    depth = min(len(a), len(b)) if depth is None else min(depth, len(a), len(b))
+    if depth == 0:
+        return 1.0
+    seen_a: set[int] = set()
+    seen_b: set[int] = set()
+    overlap = 0
+    total = 0.0
+    norm = 0.0
+    w = 1.0
+    for d in range(depth):
+        x, y = int(a[d]), int(b[d])
+        if x == y:
+            overlap += 1
+        else:
+            overlap += (x in seen_b) + (y in seen_a)
+        seen_a.add(x)
+        seen_b.add(y)
+        total += w * overlap / (d + 1)
+        norm += w
+        w *= p
+    return float(total / norm)
+
+
+def disagreement(a: np.ndarray, b: np.ndarray, measure: Measure = "footrule", top: int | None = None) -> float:
+    """A disagreement score in [0, 1] (0 = the rankings agree) by the chosen measure.
+
+    ``top`` restricts ``rbo`` to the first ``top`` positions; footrule and
+    Kendall compare whole permutations.
+    """
+    if measure == "footrule":
+        return footrule(a, b)
+    if measure == "kendall":
+        return (1.0 - kendall_tau(a, b)) / 2.0
+    if measure == "rbo":
+        return 1.0 - rank_biased_overlap(a, b, depth=top)
+    raise ValueError(f"unknown disagreement measure {measure!r}; use footrule, kendall or rbo")
