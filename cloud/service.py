@@ -1,0 +1,99 @@
+"""The cloud's request logic, free of gRPC: validate, generate, describe the list.
+
+The servicer translates protobuf to these calls and :class:`InvalidRequest`
+to ``INVALID_ARGUMENT``; tests and benchmarks can call it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+
+from cloud.generator import CandidateGenerator
+from shared.contract import CandidatesRequest, CandidatesResponse
+
+log = logging.getLogger(__name__)
+
+
+class InvalidRequest(ValueError):
+    """A request field is out of range; ``field`` names it for the client."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    max_count: int = 500  # candidates per list; bounds response size and device work
+    max_history: int = 200  # events per request; older ones add little and cost bandwidth
+    ttl_seconds: float = 3600.0  # how long a device may treat a list as fresh
+    max_device_id: int = 128  # characters
+
+    def validate(self) -> None:
+        if self.max_count < 1 or self.max_history < 1:
+            raise ValueError("max_count and max_history must be >= 1")
+        if self.ttl_seconds <= 0:
+            raise ValueError(f"ttl_seconds must be > 0, got {self.ttl_seconds}")
+
+
+class CandidateService:
+    """Answers candidate requests with one generator."""
+
+    def __init__(self, generator: CandidateGenerator, config: ServiceConfig | None = None) -> None:
+        self.generator = generator
+        self.config = config or ServiceConfig()
+        self.config.validate()
+
+    def validate(self, req: CandidatesRequest) -> None:
+        cfg = self.config
+        if not req.device_id:
+            raise InvalidRequest("device_id", "must not be empty")
+        if len(req.device_id) > cfg.max_device_id:
+            raise InvalidRequest("device_id", f"longer than {cfg.max_device_id} characters")
+        if not 1 <= req.count <= cfg.max_count:
+            raise InvalidRequest("count", f"must be in 1..{cfg.max_count}, got {req.count}")
+        n = req.history.size
+        if n == 0:
+            raise InvalidRequest("history", "must not be empty")
+        if n > cfg.max_history:
+            raise InvalidRequest("history", f"at most {cfg.max_history} events, got {n}")
+        bad = (req.history < 1) | (req.history > self.generator.n_items)
+        if bad.any():
+            first = int(req.history[np.argmax(bad)])
+            raise InvalidRequest(
+                "history.item_id", f"unknown item id {first} (valid: 1..{self.generator.n_items})"
+            )
+        if not np.isfinite(req.timestamps).all():
+            raise InvalidRequest("history.timestamp", "must be finite")
+
+    def get_candidates(self, req: CandidatesRequest) -> CandidatesResponse:
+        self.validate(req)
+        [cands] = self.generator.generate([req.history], req.count, req.exclude_seen)
+        return self.respond(cands.items, cands.scores)
+
+    def get_candidates_batch(self, reqs: list[CandidatesRequest]) -> list[CandidatesResponse]:
+        """Answer validated requests in one generator call (for batching servers)."""
+        count = max(r.count for r in reqs)
+        # exclude_seen differs per request: generate inclusive lists, filter per request.
+        lists = self.generator.generate([r.history for r in reqs], count + self.config.max_history,
+                                        exclude_seen=False)
+        out = []
+        for r, c in zip(reqs, lists, strict=True):
+            keep = ~np.isin(c.items, r.history) if r.exclude_seen else np.ones(c.items.size, bool)
+            out.append(self.respond(c.items[keep][: r.count], c.scores[keep][: r.count]))
+        return out
+
+    def respond(self, items: np.ndarray, scores: np.ndarray) -> CandidatesResponse:
+        return CandidatesResponse(
+            items=np.asarray(items, dtype=np.int64),
+            scores=np.asarray(scores, dtype=np.float32),
+            list_id=uuid.uuid4().hex,
+            model_version=self.generator.version,
+            ttl_seconds=self.config.ttl_seconds,
+            generated_at=time.time(),
+        )

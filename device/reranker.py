@@ -1,0 +1,94 @@
+"""On-device reranking with ONNX Runtime: no torch on the phone.
+
+A :class:`Reranker` scores a user's cached candidates given the freshest
+history. :class:`OnnxReranker` runs an exported model (inputs ``history``
+(B, L) int64 left-padded, ``candidates`` (B, C) int64; output ``scores`` (B, C)).
+Sessions are shared between runtimes that load the same file, so a simulator
+with thousands of devices holds one copy of each model.
+
+Example::
+
+    rr = OnnxReranker.from_file("model.onnx", max_len=50)
+    rr.score(history, candidates)   # (C,) float32
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+
+
+class Reranker(Protocol):
+    version: str
+
+    def score(self, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """Scores (C,) of ``candidates`` (C,) given ``history`` (L,), oldest first."""
+        ...
+
+
+class ModelLoadError(RuntimeError):
+    """The ONNX file could not be read or has the wrong inputs."""
+
+
+_SESSIONS: dict[str, ort.InferenceSession] = {}
+_SESSIONS_LOCK = threading.Lock()
+
+
+def _session(data: bytes, threads: int) -> ort.InferenceSession:
+    key = hashlib.sha256(data).hexdigest() + f":{threads}"
+    with _SESSIONS_LOCK:
+        sess = _SESSIONS.get(key)
+        if sess is None:
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads  # one core per device inference is plenty
+            opts.inter_op_num_threads = 1
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            try:
+                sess = ort.InferenceSession(data, sess_options=opts,
+                                            providers=["CPUExecutionProvider"])
+            except Exception as e:  # onnxruntime raises its own unrelated types
+                raise ModelLoadError(f"ONNX Runtime cannot load the model: {e}") from e
+            names = sorted(i.name for i in sess.get_inputs())
+            if names != ["candidates", "history"]:
+                raise ModelLoadError(f"model inputs are {names}, expected candidates and history")
+            _SESSIONS[key] = sess
+    return sess
+
+
+class OnnxReranker:
+    def __init__(self, data: bytes, max_len: int, version: str, threads: int = 1) -> None:
+        if max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
+        self.session = _session(data, threads)
+        self.max_len = max_len
+        self.version = version
+        self.size_bytes = len(data)
+
+    @classmethod
+    def from_file(cls, path: str | Path, max_len: int, version: str | None = None,
+                  threads: int = 1) -> OnnxReranker:
+        data = Path(path).read_bytes()
+        return cls(data, max_len, version or hashlib.sha256(data).hexdigest()[:12], threads)
+
+    def score(self, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        if candidates.size == 0:
+            return np.zeros(0, dtype=np.float32)
+        h = np.asarray(history, dtype=np.int64)[-self.max_len:]
+        if h.size == 0:
+            h = np.zeros(1, dtype=np.int64)
+        out = self.session.run(["scores"], {"history": h[None, :],
+                                            "candidates": np.asarray(candidates, dtype=np.int64)[None, :]})
+        return out[0][0]
+
+    def score_batch(self, histories: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """Scores (B, C) for left-padded ``histories`` (B, L) and ``candidates`` (B, C)."""
+        return self.session.run(["scores"], {"history": histories.astype(np.int64),
+                                             "candidates": candidates.astype(np.int64)})[0]

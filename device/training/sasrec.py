@@ -1,0 +1,140 @@
+"""SASRec: a small causal self-attention model over the user's history.
+
+Scores candidate items by the dot product of the last position's hidden state
+with the candidates' (shared, tied) item embeddings. Attention is written out
+by hand (no fused kernels) so the ONNX export is plain MatMul/Softmax that
+ONNX Runtime runs fast on a phone CPU.
+
+Shapes: ``history`` (B, L) item ids, left-padded with 0, newest last;
+``candidates`` (B, C) item ids; scores (B, C).
+
+Example::
+
+    model = SASRec(SASRecConfig(n_items=1682))
+    scores = model.score(history, candidates)   # (B, C)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class SASRecConfig:
+    n_items: int
+    max_len: int = 50  # history positions; longer histories keep the newest
+    dim: int = 64
+    layers: int = 2
+    heads: int = 2
+    dropout: float = 0.2  # on embeddings and attention; small data overfits quickly
+
+    def validate(self) -> None:
+        if self.n_items < 1 or self.max_len < 1 or self.layers < 1:
+            raise ValueError("n_items, max_len and layers must be >= 1")
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads}")
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: SASRecConfig) -> None:
+        super().__init__()
+        self.heads = cfg.heads
+        self.scale = 1.0 / math.sqrt(cfg.dim // cfg.heads)
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, L, D); ``mask`` (B, 1, L, L) additive, 0 where attention is allowed."""
+        b, length, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=2)
+        shape = (b, length, self.heads, d // self.heads)
+        q, k, v = (t.reshape(shape).transpose(1, 2) for t in (q, k, v))
+        att = (q @ k.transpose(-2, -1)) * self.scale + mask
+        att = self.drop(torch.softmax(att, dim=-1))
+        y = (att @ v).transpose(1, 2).reshape(b, length, d)
+        return self.proj(y)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: SASRecConfig) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.dim)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.dim)
+        self.mlp = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.GELU(), nn.Dropout(cfg.dropout),
+                                 nn.Linear(cfg.dim, cfg.dim))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln1(x), mask))
+        return x + self.drop(self.mlp(self.ln2(x)))
+
+
+class SASRec(nn.Module):
+    def __init__(self, cfg: SASRecConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.item_emb = nn.Embedding(cfg.n_items + 1, cfg.dim, padding_idx=0)
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        self.ln = nn.LayerNorm(cfg.dim)
+        nn.init.normal_(self.item_emb.weight, std=0.02)
+        nn.init.normal_(self.pos_emb.weight, std=0.02)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+    def encode(self, history: torch.Tensor) -> torch.Tensor:
+        """``history`` (B, L) with L <= max_len, left-padded -> hidden states (B, L, D)."""
+        length = history.shape[1]
+        # Positions count from the newest item, so the last slot is always max_len-1.
+        pos = torch.arange(length, device=history.device) + (self.cfg.max_len - length)
+        x = self.item_emb(history) * math.sqrt(self.cfg.dim) + self.pos_emb(pos)[None]
+        x = self.drop(x)
+        keep = (history > 0)
+        idx = torch.arange(length, device=history.device)
+        causal = idx[None, :] <= idx[:, None]  # (L, L): query row sees keys up to itself
+        allowed = causal[None, None] & keep[:, None, None, :]
+        # Pad rows attend to themselves so softmax never sees an all-masked row.
+        allowed = allowed | (idx[None, :] == idx[:, None])[None, None]
+        mask = torch.where(allowed, 0.0, -1e9)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.ln(x)
+
+    def forward(self, history: torch.Tensor) -> torch.Tensor:
+        """Logits over the whole catalogue at every position: (B, L, N+1)."""
+        return self.encode(history) @ self.item_emb.weight.T
+
+    def score(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Scores (B, C) of ``candidates`` (B, C) given ``history`` (B, L)."""
+        h = self.encode(history)[:, -1]  # (B, D), the newest position
+        return (self.item_emb(candidates) * h[:, None, :]).sum(-1)
+
+
+class CandidateScorer(nn.Module):
+    """The exported graph: (history (B, L), candidates (B, C)) -> scores (B, C)."""
+
+    def __init__(self, model: SASRec) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        return self.model.score(history, candidates)
+
+
+def sequence_loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the full catalogue at every non-pad position.
+
+    ``inputs`` and ``targets`` (B, L), targets shifted one step ahead, 0 = ignore.
+    """
+    logits = model(inputs)
+    logits[..., 0] = -1e9  # padding is never an answer
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=0)

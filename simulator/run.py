@@ -1,0 +1,88 @@
+"""Wiring for ``dcrec simulate``: a server (started or reached), the device model, the fleet runs."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from device.client import CloudClient
+from device.runtime import RuntimeConfig
+from device.updates import update
+from shared.data import load_dataset
+from shared.progress import Progress
+from shared.splits import time_split
+from simulator.cloudproc import CloudProcess
+from simulator.replay import ReplayConfig, ReplayResult, replay
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SimulationSpec:
+    dataset: str = "ml-100k"
+    cloud_fraction: float = 0.8
+    cloud_model: Path | None = None  # start a server for this model directory...
+    registry: Path | None = None  # ...handing out device models from this registry
+    connect: str | None = None  # ...or use a server already running here
+    workdir: Path = Path("runs/simulate")
+    policies: list[str] | None = None
+    threshold: float = 0.95
+    alpha: float = 0.5
+    max_users: int | None = None
+    ttl: float = 86400.0
+
+
+def run_simulations(spec: SimulationSpec) -> list[ReplayResult]:
+    if not spec.connect and not spec.cloud_model:
+        raise ValueError("give --cloud-model (to start a server) or --connect host:port")
+    ds = load_dataset(spec.dataset)
+    split = time_split(ds, spec.cloud_fraction)
+    print(f"simulate: {ds.describe()}; {len(split.stream)} stream events", file=sys.stderr)
+    server = None
+    if not spec.connect:
+        assert spec.cloud_model is not None
+        server = CloudProcess(spec.cloud_model, spec.registry, ttl=spec.ttl).start()
+    address = spec.connect or server.address  # type: ignore[union-attr]
+    results = []
+    try:
+        client = CloudClient(address, deadline_s=5.0)
+        reranker = update(client, "simulator", Path(spec.workdir) / "model", None)
+        client.close()
+        if reranker is None:
+            print("simulate: no device model from the cloud; showing the cloud's order",
+                  file=sys.stderr)
+        for policy in spec.policies or ["disagreement"]:
+            bar = Progress(f"simulate {policy:>12}", 1)
+
+            def tick(done: int, total: int, bar: Progress = bar) -> None:
+                bar.total = total
+                bar.update(done)
+
+            cfg = ReplayConfig(workdir=Path(spec.workdir) / policy, policy=policy,
+                               threshold=spec.threshold, max_users=spec.max_users,
+                               runtime=replace(RuntimeConfig(), alpha=spec.alpha))
+            results.append(replay(split, address, reranker, cfg, progress=tick))
+            bar.close()
+    finally:
+        if server is not None:
+            server.stop()
+    return results
+
+
+def format_table(results: list[ReplayResult], k: int = 10) -> str:
+    head = (f"| policy | HR@{k} | NDCG@{k} | request ratio | requests | events | events/s | "
+            "devices | reasons |")
+    lines = [head, "|" + "---|" * 9]
+    for r in results:
+        s = r.summary(k)
+        reasons = ", ".join(f"{k_}:{v}" for k_, v in sorted(r.reasons.items())) or "-"
+        lines.append(f"| {r.policy} | {s[f'HR@{k}']:.4f} | {s[f'NDCG@{k}']:.4f} | "
+                     f"{s['request_ratio']:.3f} | {r.requests} | {r.events} | "
+                     f"{s['events_per_s']:.0f} | {r.devices} | {reasons} |")
+    return "\n".join(lines)
+
+
+def print_table(results: list[ReplayResult]) -> None:
+    print(format_table(results))
