@@ -128,7 +128,7 @@ def train_sasrec(sequences: Sequence[np.ndarray], n_items: int, config: TrainCon
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss)
+            total += loss.item()
             steps += 1
         metrics = _evaluate(model, valid_hist, valid_tgt)
         ndcg = metrics.get("NDCG@10", 0.0)

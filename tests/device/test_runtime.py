@@ -1,0 +1,112 @@
+"""DeviceRuntime against a real in-process gRPC server on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cloud.backends import load_generator
+from cloud.registry import ModelRegistry
+from cloud.server import create_server
+from cloud.service import CandidateService
+from device.client import Backoff, CloudClient
+from device.policy import AlwaysPolicy, DisagreementPolicy, NeverPolicy
+from device.reranker import OnnxReranker
+from device.runtime import DeviceRuntime, RuntimeConfig
+from device.store import DeviceStore
+from device.updates import load_installed, update
+from shared.contract import Reason
+
+
+@pytest.fixture
+def cloud(cloud_model_dir: Path, registry_dir: Path) -> Iterator[tuple[str, object]]:
+    srv, port, _ = create_server("127.0.0.1:0", CandidateService(load_generator(cloud_model_dir)),
+                                 ModelRegistry(registry_dir))
+    srv.start()
+    yield f"127.0.0.1:{port}", srv
+    srv.stop(0)
+
+
+@pytest.fixture
+def reranker(device_model_dir: Path) -> OnnxReranker:
+    return OnnxReranker.from_file(device_model_dir / "model.onnx", 50)
+
+
+def make(tmp_path: Path, address: str, reranker: OnnxReranker, policy, **cfg) -> DeviceRuntime:  # type: ignore[no-untyped-def]
+    clock = [0.0]
+    client = CloudClient(address, deadline_s=2.0, clock=lambda: clock[0])
+    return DeviceRuntime("dev1", DeviceStore(tmp_path / "dev1.sqlite"), reranker, client, policy,
+                         RuntimeConfig(**cfg), clock=lambda: clock[0])
+
+
+def test_cold_start_then_rerank_every_event(tmp_path: Path, cloud, reranker) -> None:  # type: ignore[no-untyped-def]
+    rt = make(tmp_path, cloud[0], reranker, NeverPolicy())
+    first = rt.record(50, 1.0)
+    assert first.request == Reason.COLD_START and first.request_ok
+    assert first.items.size == 10 and 50 not in first.items
+    list_id = rt.cached.list_id  # type: ignore[union-attr]
+    consumed = [50]
+    for n, i in enumerate([100, 181, 258]):
+        consumed.append(i)
+        shown = rt.record(i, 2.0 + n).items
+        assert shown.size == 10 and not np.isin(shown, consumed).any()
+    assert rt.cached.list_id == list_id  # type: ignore[union-attr] # never policy: no new list
+    assert rt.requests == 1
+    assert rt.store.event_count() == 4
+
+
+def test_always_policy_requests_every_event(tmp_path: Path, cloud, reranker) -> None:  # type: ignore[no-untyped-def]
+    rt = make(tmp_path, cloud[0], reranker, AlwaysPolicy())
+    for n, i in enumerate([1, 2, 3, 4]):
+        rec = rt.record(i, float(n))
+        assert rec.request_ok
+    assert rt.requests == 4
+    log = rt.store.request_log()
+    assert [r["reason"] for r in log] == ["cold_start", "periodic", "periodic", "periodic"]
+
+
+def test_alpha_one_shows_the_cloud_order(tmp_path: Path, cloud, reranker) -> None:  # type: ignore[no-untyped-def]
+    rt = make(tmp_path, cloud[0], reranker, NeverPolicy(), alpha=1.0)
+    rec = rt.record(50, 1.0)
+    assert rec.items.tolist() == rt.cached.items[:10].tolist()  # type: ignore[union-attr]
+    rt0 = make(tmp_path / "b", cloud[0], reranker, NeverPolicy(), alpha=0.0)
+    rec0 = rt0.record(50, 1.0)
+    scores = reranker.score(np.array([50]), rt0.cached.items)  # type: ignore[union-attr]
+    assert rec0.items.tolist() == rt0.cached.items[np.argsort(-scores, kind="stable")][:10].tolist()  # type: ignore[union-attr]
+
+
+def test_unreachable_cloud_keeps_cache_and_backs_off(tmp_path: Path, cloud, reranker) -> None:  # type: ignore[no-untyped-def]
+    address, srv = cloud
+    rt = make(tmp_path, address, reranker, DisagreementPolicy(threshold=0.0))
+    rt.record(50, 0.0)
+    cached_id = rt.cached.list_id  # type: ignore[union-attr]
+    srv.stop(0)
+    sent_before = rt.requests
+    for n in range(20):
+        rec = rt.record(60 + n, 1.0)  # the clock does not move: back-off must hold
+        assert rec.items.size == 10 and not rec.request_ok
+    assert rt.cached.list_id == cached_id  # type: ignore[union-attr]
+    assert rt.requests - sent_before == 1  # one failure, then backing off
+    assert rt.store.event_count() == 21
+
+
+def test_backoff_grows_and_resets() -> None:
+    import random
+
+    b = Backoff(base_s=1.0, max_s=8.0, rng=random.Random(0))
+    waits = [b.failed(0.0) for _ in range(6)]
+    assert all(0 <= w <= 8.0 for w in waits) and not b.allowed(0.0) or waits[-1] == 0
+    b.succeeded()
+    assert b.allowed(0.0) and b.failures == 0
+
+
+def test_model_update_verifies_and_persists(tmp_path: Path, cloud) -> None:  # type: ignore[no-untyped-def]
+    client = CloudClient(cloud[0], deadline_s=5.0)
+    rr = update(client, "dev1", tmp_path / "model", None)
+    assert rr is not None and rr.version == "v1"
+    assert update(client, "dev1", tmp_path / "model", rr) is rr  # already newest
+    again = load_installed(tmp_path / "model")
+    assert again is not None and again.version == "v1"

@@ -1,0 +1,37 @@
+"""Style rules that matter are checked here, not remembered."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_ruff_clean() -> None:
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    if not Path(ruff).exists():
+        pytest.skip("ruff not installed")
+    out = subprocess.run([ruff, "check", "cloud", "device", "shared", "simulator", "tests"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_only_adapters_import_generated_stubs() -> None:
+    allowed = {"shared/convert.py", "cloud/server.py", "device/client.py", "shared/protogen.py"}
+    offenders = []
+    for path in REPO.glob("*/**/*.py"):
+        rel = path.relative_to(REPO).as_posix()
+        if rel.startswith(("shared/proto/", "tests/", ".venv/")) or rel in allowed:
+            continue
+        if "_pb2" in path.read_text():
+            offenders.append(rel)
+    assert not offenders, f"only adapter modules may import generated stubs: {offenders}"
+
+
+def test_device_runtime_modules_never_import_torch() -> None:
+    offenders = [p.relative_to(REPO).as_posix() for p in (REPO / "device").glob("*.py")
+                 if "import torch" in p.read_text()]
+    assert not offenders
