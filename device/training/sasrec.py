@@ -134,7 +134,11 @@ def sequence_loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor) ->
     """Cross-entropy over the full catalogue at every non-pad position.
 
     ``inputs`` and ``targets`` (B, L), targets shifted one step ahead, 0 = ignore.
+    Logits are computed only where a target exists: short sequences are mostly
+    padding, and the (positions, N+1) product dominates the cost.
     """
-    logits = model(inputs)
-    logits[..., 0] = -1e9  # padding is never an answer
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=0)
+    hidden = model.encode(inputs)  # (B, L, D)
+    keep = targets > 0
+    logits = hidden[keep] @ model.item_emb.weight.T  # (P, N+1)
+    logits[:, 0] = -1e9  # padding is never an answer
+    return F.cross_entropy(logits, targets[keep])
