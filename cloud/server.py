@@ -1,16 +1,25 @@
 """The cloud's gRPC server: a servicer that only translates, and its factory.
 
 ``create_server`` binds the address (port 0 picks a free port, which is how
-tests run real servers side by side) and returns ``(server, port)``; the
-caller starts and stops it. ``serve`` runs one until SIGTERM/SIGINT, turning
-health to NOT_SERVING first and letting in-flight calls finish.
+tests run real servers side by side) and returns ``(server, port, health)``;
+the caller starts and stops it. :func:`build_server` returns the same plus the
+parts operators see (telemetry, the device event log, the drain switch).
+``serve`` runs one, with the HTTP operator surface beside it, until
+SIGTERM/SIGINT: new calls are refused and health turns NOT_SERVING first,
+then in-flight calls get ``grace_s`` seconds to finish.
+
+Security: with a :class:`~cloud.auth.TokenAuthority` every call needs a device
+token and acts for the device the token names; with a :class:`TlsConfig` the
+channel is TLS, and mutual TLS when ``client_ca_file`` is set. Plaintext needs
+``ServerConfig(insecure=True)`` (the default only when no config is given,
+which is what tests and embedded development servers use).
 
 Example::
 
-    server, port = create_server("127.0.0.1:0", CandidateService(gen), registry)
+    server, port, health = create_server("127.0.0.1:0", CandidateService(gen), registry)
     server.start()
     ...
-    shutdown(server, grace_s=5.0)
+    shutdown(server, health, grace_s=5.0)
 """
 
 from __future__ import annotations
@@ -20,16 +29,25 @@ import signal
 import threading
 from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from cloud.auth import AuthInterceptor, TokenAuthority, current_identity
+from cloud.events import DeviceEventLog
+from cloud.interceptors import ErrorInterceptor, LimiterInterceptor, TelemetryInterceptor
+from cloud.metrics import Telemetry
 from cloud.registry import ModelRegistry, RegistryError
 from cloud.service import CandidateService, InvalidRequest
 from shared.convert import model_to_pb, request_from_pb, response_to_pb
 from shared.proto.dcrec.v1 import recommend_pb2 as pb
 from shared.proto.dcrec.v1 import recommend_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from cloud.http.runner import HttpConfig
 
 log = logging.getLogger(__name__)
 
@@ -37,60 +55,169 @@ SERVICE_NAME = "dcrec.v1.Recommender"
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """PEM files: the server's certificate chain and key; a CA to require client certificates."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None  # set: mutual TLS, clients without a cert from it are refused
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        ca = Path(self.client_ca_file).read_bytes() if self.client_ca_file else None
+        return grpc.ssl_server_credentials(
+            [(Path(self.key_file).read_bytes(), Path(self.cert_file).read_bytes())],
+            root_certificates=ca, require_client_auth=ca is not None)
+
+
+@dataclass(frozen=True)
 class ServerConfig:
-    max_workers: int = 16  # handler threads; calls beyond this queue in gRPC
-    max_message_bytes: int = 64 * 1024 * 1024  # device models travel in one message
+    max_workers: int = 16  # handler threads
+    max_message_bytes: int = 64 * 1024 * 1024  # largest response: device models travel in one
+    max_request_bytes: int = 1024 * 1024  # largest request; a 200-event request is ~4 KB
+    max_inflight: int = 0  # calls handled at once before shedding; 0 = max_workers
     grace_s: float = 5.0  # how long in-flight calls may finish on shutdown
+    tls: TlsConfig | None = None
+    insecure: bool = False  # plaintext allowed; development only, must be asked for
+    auth_required: bool = False  # refuse to run without a token authority
+
+    def validate(self) -> None:
+        if self.max_workers < 1 or self.max_inflight < 0:
+            raise ValueError("max_workers must be >= 1 and max_inflight >= 0")
+        if self.max_request_bytes < 1024:
+            raise ValueError("max_request_bytes must be >= 1024")
+        if self.grace_s < 0:
+            raise ValueError("grace_s must be >= 0")
+        if self.tls is None and not self.insecure:
+            raise ValueError("no TLS certificate configured: give one, or ask for a plaintext "
+                             "development server explicitly (insecure)")
+
+    @property
+    def inflight_limit(self) -> int:
+        return self.max_inflight or self.max_workers
 
 
 class RecommenderServicer(pb_grpc.RecommenderServicer):
     """Translates protobuf to :class:`CandidateService` calls and errors to status codes."""
 
-    def __init__(self, service: CandidateService, registry: ModelRegistry | None) -> None:
+    def __init__(self, service: CandidateService, registry: ModelRegistry | None,
+                 telemetry: Telemetry | None = None, events: DeviceEventLog | None = None) -> None:
         self.service = service
         self.registry = registry
+        self.telemetry = telemetry or Telemetry()
+        self.events = events or DeviceEventLog()
+
+    @staticmethod
+    def _device_id(claimed: str, context: grpc.ServicerContext) -> str:
+        """The id the call acts for: the token's when auth is on, else the body's."""
+        ident = current_identity()
+        if ident is None:
+            return claimed
+        if claimed and claimed != ident.subject:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          "device_id: the token was issued to another device")
+        return ident.subject
 
     def GetCandidates(self, request: pb.GetCandidatesRequest, context: grpc.ServicerContext
                       ) -> pb.GetCandidatesResponse:
+        req = request_from_pb(request)
+        req = replace(req, device_id=self._device_id(req.device_id, context))
         try:
-            resp = self.service.get_candidates(request_from_pb(request))
+            resp = self.service.get_candidates(req)
         except InvalidRequest as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        self.events.record(req.device_id, req.history, req.timestamps)
+        self.telemetry.observe_request(req.reason.label, int(req.history.size), req.count)
         return response_to_pb(resp)
 
     def GetDeviceModel(self, request: pb.GetDeviceModelRequest, context: grpc.ServicerContext
                        ) -> pb.GetDeviceModelResponse:
+        self._device_id(request.device_id, context)
         if self.registry is None:
             context.abort(grpc.StatusCode.NOT_FOUND, "this server hands out no device models")
         try:
             model = self.registry.current()
-        except RegistryError:
+        except (RegistryError, OSError, ValueError):
             log.exception("device model registry is unreadable")
             context.abort(grpc.StatusCode.UNAVAILABLE, "device model registry unavailable")
         if model is None:
             context.abort(grpc.StatusCode.NOT_FOUND, "no device model published")
-        return model_to_pb(model, updated=request.current_version != model.version)
+        if request.current_sequence:
+            updated = request.current_sequence < model.sequence
+        else:
+            updated = request.current_version != model.version
+        return model_to_pb(model, updated=updated)
+
+
+@dataclass
+class CloudServer:
+    """A bound, not yet started server and what operators see of it."""
+
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    servicer: RecommenderServicer
+    limiter: LimiterInterceptor
+    config: ServerConfig
+    telemetry: Telemetry = field(default_factory=Telemetry)
+
+    def start(self) -> CloudServer:
+        self.server.start()
+        return self
+
+    def ready(self) -> bool:
+        return not self.limiter.draining.is_set()
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Refuse new calls, turn health NOT_SERVING, let in-flight calls finish within the grace."""
+        self.limiter.draining.set()
+        shutdown(self.server, self.health, self.config.grace_s if grace_s is None else grace_s)
+
+
+def build_server(address: str, service: CandidateService, registry: ModelRegistry | None = None,
+                 config: ServerConfig | None = None, authority: TokenAuthority | None = None,
+                 telemetry: Telemetry | None = None, events: DeviceEventLog | None = None
+                 ) -> CloudServer:
+    """Bind a server on ``address`` with auth, limits and telemetry in place."""
+    config = config or ServerConfig(insecure=True)
+    config.validate()
+    if config.auth_required and authority is None:
+        raise ValueError("device tokens are required but no auth secret is configured")
+    telemetry = telemetry or Telemetry()
+    limiter = LimiterInterceptor(config.inflight_limit)
+    interceptors: list[grpc.ServerInterceptor] = [TelemetryInterceptor(telemetry), limiter]
+    if authority is not None:
+        interceptors.append(AuthInterceptor(authority))
+    interceptors.append(ErrorInterceptor())
+    opts = [
+        ("grpc.max_receive_message_length", config.max_request_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.so_reuseport", 1),
+    ]
+    # Calls beyond this wait in no queue: gRPC answers RESOURCE_EXHAUSTED before a thread is taken.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers),
+                         interceptors=interceptors, options=opts,
+                         maximum_concurrent_rpcs=config.inflight_limit + config.max_workers)
+    servicer = RecommenderServicer(service, registry, telemetry, events)
+    pb_grpc.add_RecommenderServicer_to_server(servicer, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if config.tls is not None:
+        port = server.add_secure_port(address, config.tls.server_credentials())
+    else:
+        port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not bind {address}")
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    telemetry.set_model("cloud", service.generator.version)
+    return CloudServer(server, port, health_servicer, servicer, limiter, config, telemetry)
 
 
 def create_server(address: str, service: CandidateService, registry: ModelRegistry | None = None,
                   config: ServerConfig | None = None) -> tuple[grpc.Server, int, health.HealthServicer]:
     """Build a server bound to ``address``; returns (server, bound port, health servicer)."""
-    config = config or ServerConfig()
-    opts = [
-        ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-        ("grpc.max_send_message_length", config.max_message_bytes),
-        ("grpc.so_reuseport", 1),
-    ]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers), options=opts)
-    pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(service, registry), server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"could not bind {address}")
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return server, port, health_servicer
+    cs = build_server(address, service, registry, config)
+    return cs.server, cs.port, cs.health
 
 
 def shutdown(server: grpc.Server, health_servicer: health.HealthServicer, grace_s: float) -> None:
@@ -101,23 +228,45 @@ def shutdown(server: grpc.Server, health_servicer: health.HealthServicer, grace_
 
 def serve(address: str, service: CandidateService, registry: ModelRegistry | None,
           config: ServerConfig | None = None,
-          on_ready: Callable[[int], None] | None = None) -> int:
-    """Run until SIGTERM or SIGINT; ``on_ready(port)`` runs once serving. Returns the port."""
-    config = config or ServerConfig()
-    server, port, health_servicer = create_server(address, service, registry, config)
-    server.start()
-    log.info("serving %s (model %s) on port %d", SERVICE_NAME, service.generator.version, port)
+          on_ready: Callable[[int], None] | None = None, *,
+          authority: TokenAuthority | None = None, http: HttpConfig | None = None,
+          cloud_registry: object | None = None,
+          on_http_ready: Callable[[int], None] | None = None) -> int:
+    """Run until SIGTERM or SIGINT; ``on_ready(port)`` runs once serving. Returns the port.
+
+    With ``http``, the operator surface (health, metrics, registry, dashboard)
+    runs in the same process on its own port and stops with the server.
+    """
+    config = config or ServerConfig(insecure=True)
+    cs = build_server(address, service, registry, config, authority)
+    http_server = None
+    if http is not None:
+        from cloud.http.app import OpsState
+        from cloud.http.runner import HttpServer
+
+        state = OpsState(service=service, telemetry=cs.telemetry, events=cs.servicer.events,
+                         device_registry=registry, cloud_registry=cloud_registry,  # type: ignore[arg-type]
+                         authority=authority, ready=cs.ready)
+        http_server = HttpServer(state, http).start()
+    cs.start()
+    log.info("serving %s (model %s) on port %d%s", SERVICE_NAME, service.generator.version, cs.port,
+             f", operator HTTP on port {http_server.port}" if http_server else "")
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: object) -> None:
         log.info("signal %d: shutting down (grace %.1fs)", signum, config.grace_s)
+        cs.limiter.draining.set()  # refuse new calls at once, before anything else
         stop.set()
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     if on_ready is not None:
-        on_ready(port)
+        on_ready(cs.port)
+    if on_http_ready is not None and http_server is not None:
+        on_http_ready(http_server.port)
     stop.wait()
-    shutdown(server, health_servicer, config.grace_s)
+    cs.stop()
+    if http_server is not None:
+        http_server.stop()
     log.info("stopped")
-    return port
+    return cs.port

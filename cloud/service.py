@@ -33,6 +33,7 @@ class ServiceConfig:
     max_history: int = 200  # events per request; older ones add little and cost bandwidth
     ttl_seconds: float = 3600.0  # how long a device may treat a list as fresh
     max_device_id: int = 128  # characters
+    max_list_id: int = 128  # characters; list ids are ours (32 hex), anything longer is junk
 
     def validate(self) -> None:
         if self.max_count < 1 or self.max_history < 1:
@@ -49,8 +50,10 @@ class CandidateService:
         self.config = config or ServiceConfig()
         self.config.validate()
 
-    def validate(self, req: CandidatesRequest) -> None:
+    def validate(self, req: CandidatesRequest, generator: CandidateGenerator | None = None) -> None:
+        """Raise :class:`InvalidRequest` naming the first out-of-range field."""
         cfg = self.config
+        n_items = (generator or self.generator).n_items
         if not req.device_id:
             raise InvalidRequest("device_id", "must not be empty")
         if len(req.device_id) > cfg.max_device_id:
@@ -62,19 +65,22 @@ class CandidateService:
             raise InvalidRequest("history", "must not be empty")
         if n > cfg.max_history:
             raise InvalidRequest("history", f"at most {cfg.max_history} events, got {n}")
-        bad = (req.history < 1) | (req.history > self.generator.n_items)
+        bad = (req.history < 1) | (req.history > n_items)
         if bad.any():
             first = int(req.history[np.argmax(bad)])
             raise InvalidRequest(
-                "history.item_id", f"unknown item id {first} (valid: 1..{self.generator.n_items})"
+                "history.item_id", f"unknown item id {first} (valid: 1..{n_items})"
             )
         if not np.isfinite(req.timestamps).all():
             raise InvalidRequest("history.timestamp", "must be finite")
+        if len(req.current_list_id) > cfg.max_list_id:
+            raise InvalidRequest("current_list_id", f"longer than {cfg.max_list_id} characters")
 
     def get_candidates(self, req: CandidatesRequest) -> CandidatesResponse:
-        self.validate(req)
-        [cands] = self.generator.generate([req.history], req.count, req.exclude_seen)
-        return self.respond(cands.items, cands.scores)
+        generator = self.generator  # one model per call, even while an operator swaps it
+        self.validate(req, generator)
+        [cands] = generator.generate([req.history], req.count, req.exclude_seen)
+        return self.respond(cands.items, cands.scores, generator.version)
 
     def get_candidates_batch(self, reqs: list[CandidatesRequest]) -> list[CandidatesResponse]:
         """Answer validated requests in one generator call (for batching servers)."""
@@ -88,12 +94,13 @@ class CandidateService:
             out.append(self.respond(c.items[keep][: r.count], c.scores[keep][: r.count]))
         return out
 
-    def respond(self, items: np.ndarray, scores: np.ndarray) -> CandidatesResponse:
+    def respond(self, items: np.ndarray, scores: np.ndarray,
+                version: str | None = None) -> CandidatesResponse:
         return CandidatesResponse(
             items=np.asarray(items, dtype=np.int64),
             scores=np.asarray(scores, dtype=np.float32),
             list_id=uuid.uuid4().hex,
-            model_version=self.generator.version,
+            model_version=version or self.generator.version,
             ttl_seconds=self.config.ttl_seconds,
             generated_at=time.time(),
         )

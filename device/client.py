@@ -5,10 +5,15 @@ UNAVAILABLE once inside that deadline; after a failed call the client backs
 off exponentially with full jitter and refuses to try again until the back-off
 has passed, so a fleet does not hammer a cloud that is down.
 
+Security: ``token`` (from ``dcrec cloud token``) travels as a bearer token on
+every call; ``tls`` makes the channel TLS, and mutual TLS with a client
+certificate. Without ``tls`` the channel is plaintext (development servers).
+
 Example::
 
     client = CloudClient("127.0.0.1:50051", deadline_s=1.0)
     resp = client.get_candidates(CandidatesRequest(...))   # or raises CloudUnavailable
+    secure = CloudClient("cloud.example:443", token=tok, tls=ClientTls(ca_file="ca.pem"))
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -51,6 +57,30 @@ class CloudRejected(RuntimeError):
     """The cloud refused the request as invalid; retrying the same request will not help."""
 
 
+class CloudUnauthorized(CloudRejected):
+    """The cloud refused the device's credentials (missing, expired or someone else's token)."""
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """PEM files for a TLS channel; ``cert_file``/``key_file`` for mutual TLS."""
+
+    ca_file: str | None = None  # the CA the server's certificate chains to; None = system roots
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None  # expected name in the server certificate, if not the host
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give both a client certificate and its key, or neither")
+
+        def read(p: str | None) -> bytes | None:
+            return Path(p).read_bytes() if p else None
+
+        return grpc.ssl_channel_credentials(read(self.ca_file), read(self.key_file),
+                                            read(self.cert_file))
+
+
 @dataclass
 class Backoff:
     """Exponential back-off with full jitter, on an injectable clock (seconds)."""
@@ -77,10 +107,28 @@ class Backoff:
         self.until = 0.0
 
 
+def make_channel(address: str, tls: ClientTls | None = None) -> grpc.Channel:
+    """A channel with the client's retry policy; TLS when ``tls`` is given."""
+    options = [
+        ("grpc.service_config", _SERVICE_CONFIG),
+        ("grpc.enable_retries", 1),
+        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        # Reconnect quickly after an outage instead of the default 20 s+ back-off.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+    ]
+    if tls is None:
+        return grpc.insecure_channel(address, options=options)
+    if tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    return grpc.secure_channel(address, tls.credentials(), options=options)
+
+
 class CloudClient:
     def __init__(self, address: str, deadline_s: float = 1.0, model_deadline_s: float = 30.0,
                  backoff: Backoff | None = None, clock: Callable[[], float] = time.time,
-                 channel: grpc.Channel | None = None) -> None:
+                 channel: grpc.Channel | None = None, token: str | None = None,
+                 tls: ClientTls | None = None) -> None:
         if deadline_s <= 0 or model_deadline_s <= 0:
             raise ValueError("deadlines must be > 0 seconds")
         self.address = address
@@ -88,14 +136,9 @@ class CloudClient:
         self.model_deadline_s = model_deadline_s
         self.backoff = backoff or Backoff()
         self.clock = clock
-        self.channel = channel or grpc.insecure_channel(address, options=[
-            ("grpc.service_config", _SERVICE_CONFIG),
-            ("grpc.enable_retries", 1),
-            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-            # Reconnect quickly after an outage instead of the default 20 s+ back-off.
-            ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.max_reconnect_backoff_ms", 2000),
-        ])
+        self.metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ())
+        self.channel = channel or make_channel(address, tls)
         self.stub = pb_grpc.RecommenderStub(self.channel)
 
     def available(self) -> bool:
@@ -113,6 +156,9 @@ class CloudClient:
             if code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise CloudRejected(e.details() if hasattr(e, "details") else str(e)) from e
             wait = self.backoff.failed(self.clock())
+            if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                log.warning("cloud refused this device's credentials (%s)", code)
+                raise CloudUnauthorized(f"{code}: {e.details()}") from e
             log.debug("cloud call failed (%s); backing off %.2fs", code, wait)
             raise CloudUnavailable(f"{code}: {e.details() if hasattr(e, 'details') else e}") from e
         self.backoff.succeeded()
@@ -120,14 +166,18 @@ class CloudClient:
 
     def get_candidates(self, req: CandidatesRequest) -> CandidatesResponse:
         msg = request_to_pb(req)
-        resp = self._call(lambda: self.stub.GetCandidates(msg, timeout=self.deadline_s))
+        resp = self._call(lambda: self.stub.GetCandidates(msg, timeout=self.deadline_s,
+                                                          metadata=self.metadata))
         assert isinstance(resp, pb.GetCandidatesResponse)
         return response_from_pb(resp)
 
-    def get_device_model(self, device_id: str, current_version: str = "") -> DeviceModel | None:
-        """The newest device model, or None when ``current_version`` is already newest."""
-        msg = pb.GetDeviceModelRequest(device_id=device_id, current_version=current_version)
-        resp = self._call(lambda: self.stub.GetDeviceModel(msg, timeout=self.model_deadline_s))
+    def get_device_model(self, device_id: str, current_version: str = "",
+                         current_sequence: int = 0) -> DeviceModel | None:
+        """The newest device model, or None when the device already runs the live release."""
+        msg = pb.GetDeviceModelRequest(device_id=device_id, current_version=current_version,
+                                       current_sequence=current_sequence)
+        resp = self._call(lambda: self.stub.GetDeviceModel(msg, timeout=self.model_deadline_s,
+                                                           metadata=self.metadata))
         assert isinstance(resp, pb.GetDeviceModelResponse)
         return model_from_pb(resp)
 

@@ -7,7 +7,9 @@ Logic on both sides works on these dataclasses and numpy arrays; only
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -56,9 +58,29 @@ class CandidatesResponse:
 
 @dataclass(frozen=True)
 class DeviceModel:
-    """An ONNX reranker as the cloud hands it out."""
+    """An ONNX reranker as the cloud hands it out.
+
+    ``manifest`` is the canonical JSON of :func:`manifest_bytes` and ``signature``
+    an Ed25519 signature over exactly those bytes; both are empty when the
+    registry signs nothing (development). ``sequence`` orders releases.
+    """
 
     version: str
     onnx: bytes
     sha256: str
     config: dict[str, object] = field(default_factory=dict)
+    sequence: int = 0
+    manifest: bytes = b""
+    signature: bytes = b""
+    key_id: str = ""
+
+
+def manifest_bytes(version: str, sequence: int, sha256: str, config: dict[str, Any]) -> bytes:
+    """The bytes a device-model release signs: sorted, compact JSON, UTF-8.
+
+    Signer and verifier never re-serialise each other's data: the cloud sends
+    these bytes and the device checks the signature over them before parsing.
+    """
+    return json.dumps({"config": config, "sequence": int(sequence), "sha256": sha256,
+                       "version": version}, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=True, allow_nan=False).encode()

@@ -60,9 +60,12 @@ def response_from_pb(msg: pb.GetCandidatesResponse) -> CandidatesResponse:
 
 def model_to_pb(model: DeviceModel | None, updated: bool) -> pb.GetDeviceModelResponse:
     if model is None or not updated:
-        return pb.GetDeviceModelResponse(updated=False, version=model.version if model else "")
+        return pb.GetDeviceModelResponse(updated=False, version=model.version if model else "",
+                                         sequence=model.sequence if model else 0)
     return pb.GetDeviceModelResponse(updated=True, version=model.version, onnx=model.onnx,
-                                     sha256=model.sha256, config_json=json.dumps(model.config))
+                                     sha256=model.sha256, config_json=json.dumps(model.config),
+                                     sequence=model.sequence, manifest=model.manifest,
+                                     signature=model.signature, key_id=model.key_id)
 
 
 def model_from_pb(msg: pb.GetDeviceModelResponse) -> DeviceModel | None:
@@ -72,4 +75,5 @@ def model_from_pb(msg: pb.GetDeviceModelResponse) -> DeviceModel | None:
     config = json.loads(msg.config_json) if msg.config_json else {}
     if not isinstance(config, dict):
         raise ValueError("device model config_json is not a JSON object")
-    return DeviceModel(msg.version, bytes(msg.onnx), msg.sha256, config)
+    return DeviceModel(msg.version, bytes(msg.onnx), msg.sha256, config, int(msg.sequence),
+                       bytes(msg.manifest), bytes(msg.signature), msg.key_id)

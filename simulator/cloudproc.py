@@ -37,7 +37,7 @@ class CloudProcess:
         os.unlink(ready)
         cmd = [sys.executable, "-m", "shared.cli", "cloud", "serve", "--model-dir", str(self.model_dir),
                "--address", f"127.0.0.1:{port}", "--ready-file", ready, "--ttl", str(self.ttl),
-               *self.extra_args]
+               "--insecure", *self.extra_args]
         if self.registry:
             cmd += ["--registry", str(self.registry)]
         repo = Path(__file__).resolve().parents[1]

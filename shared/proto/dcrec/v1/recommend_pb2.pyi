@@ -68,23 +68,33 @@ class GetCandidatesResponse(_message.Message):
     def __init__(self, item_ids: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ..., list_id: _Optional[str] = ..., model_version: _Optional[str] = ..., ttl_seconds: _Optional[float] = ..., generated_at: _Optional[float] = ...) -> None: ...
 
 class GetDeviceModelRequest(_message.Message):
-    __slots__ = ("device_id", "current_version")
+    __slots__ = ("device_id", "current_version", "current_sequence")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     current_version: str
-    def __init__(self, device_id: _Optional[str] = ..., current_version: _Optional[str] = ...) -> None: ...
+    current_sequence: int
+    def __init__(self, device_id: _Optional[str] = ..., current_version: _Optional[str] = ..., current_sequence: _Optional[int] = ...) -> None: ...
 
 class GetDeviceModelResponse(_message.Message):
-    __slots__ = ("updated", "version", "onnx", "sha256", "config_json")
+    __slots__ = ("updated", "version", "onnx", "sha256", "config_json", "sequence", "manifest", "signature", "key_id")
     UPDATED_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ONNX_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
     updated: bool
     version: str
     onnx: bytes
     sha256: str
     config_json: str
-    def __init__(self, updated: _Optional[bool] = ..., version: _Optional[str] = ..., onnx: _Optional[bytes] = ..., sha256: _Optional[str] = ..., config_json: _Optional[str] = ...) -> None: ...
+    sequence: int
+    manifest: bytes
+    signature: bytes
+    key_id: str
+    def __init__(self, updated: _Optional[bool] = ..., version: _Optional[str] = ..., onnx: _Optional[bytes] = ..., sha256: _Optional[str] = ..., config_json: _Optional[str] = ..., sequence: _Optional[int] = ..., manifest: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., key_id: _Optional[str] = ...) -> None: ...

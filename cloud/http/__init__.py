@@ -1,0 +1,1 @@
+"""The cloud's operator HTTP surface: see :mod:`cloud.http.app`."""
