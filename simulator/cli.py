@@ -9,6 +9,8 @@ from shared.cliutil import data_args
 
 
 def cmd_simulate(ns: argparse.Namespace) -> int:
+    if ns.scenario:
+        return cmd_scenario(ns)
     from simulator.run import SimulationSpec, print_table, run_simulations
 
     spec = SimulationSpec(dataset=ns.dataset, cloud_fraction=ns.cloud_fraction,
@@ -20,6 +22,30 @@ def cmd_simulate(ns: argparse.Namespace) -> int:
     results = run_simulations(spec)
     print_table(results)
     return 0
+
+
+def cmd_scenario(ns: argparse.Namespace) -> int:
+    from simulator.report import summary_table
+    from simulator.runner import Models, run_scenario
+    from simulator.scenario import load_scenario
+
+    overrides = list(ns.set or [])
+    if ns.users:
+        overrides.append(f"workload.max_users={ns.users}")
+    sc = load_scenario(ns.scenario, overrides)
+    models_dir = Path(ns.models)
+    cloud = Path(ns.cloud_model) if ns.cloud_model else models_dir / "cloud"
+    registry = Path(ns.registry) if ns.registry else models_dir / "registry"
+    models = Models(cloud_model=None if ns.connect else cloud,
+                    registry=registry if registry.is_dir() else None, connect=ns.connect)
+    out = Path(ns.out or Path("runs/simulate") / sc.name)
+    outcome = run_scenario(sc, models, out, shards=ns.shards, ray_address=ns.ray_address)
+    print(f"scenario {sc.name}: {sc.description}")
+    print(summary_table(outcome.results, sc.fleet.k))
+    for name, c in outcome.checks.items():
+        print(f"check {'pass' if c['ok'] else 'FAIL'}: {name} = {c['value']} (limit {c['limit']})")
+    print(f"report: {outcome.report}")
+    return 0 if outcome.passed else 1
 
 
 def cmd_demo(ns: argparse.Namespace) -> int:
@@ -43,6 +69,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--alpha", type=float, default=0.5, help="cloud weight in fusion")
     q.add_argument("--users", type=int, help="replay only this many users")
     q.add_argument("--ttl", type=float, default=86400.0)
+    q.add_argument("--scenario", help="scenario NAME (steady, cloud-outage, flash-crowd, "
+                   "lossy-network) or PATH to a .toml file; writes a report")
+    q.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override a scenario value, e.g. workload.devices=200")
+    q.add_argument("--models", default="runs/demo",
+                   help="folder with cloud/ and registry/ as `dcrec demo` leaves them (with --scenario)")
+    q.add_argument("--out", help="report folder (default runs/simulate/NAME)")
+    q.add_argument("--shards", type=int, default=1, help="run each fleet as this many Ray shards")
+    q.add_argument("--ray-address", help="Ray cluster address (default: start a local one)")
     q.set_defaults(fn=cmd_simulate)
 
     q = sub.add_parser("demo", help="train both models, serve, simulate, report")

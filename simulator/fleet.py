@@ -1,0 +1,451 @@
+"""The fleet engine: many real device runtimes in one process, driven in simulated time.
+
+Every device is a real :class:`~device.runtime.DeviceRuntime` with its own
+SQLite file, the shared ONNX session, and a cloud client on one of a few
+shared gRPC connections (optionally through the :mod:`~simulator.netem`
+proxy). An asyncio dispatcher pops device events in simulated-time order
+(a heap), sets the device's clock, and runs the event: score the list on
+screen against what the user chooses (:mod:`~simulator.workload`), record the
+choice, let the runtime's policy ask the cloud. With ``concurrency > 1``
+events of different devices run in worker threads at once, which overlaps
+network waits (the emulated latency); one device's events never overlap.
+
+Clocks: ``sim`` jumps from event to event (faster than real time, as fast as
+the machine allows); ``wall`` paces events at ``speed`` simulated seconds per
+wall second. Devices see only simulated time (back-off, list age, TTL).
+
+Faults are scheduled in simulated time: ``cloud_down`` kills the server
+process (SIGKILL) and restarts it when the window ends; ``network_down``
+cuts the link at the proxy. Devices beyond ``max_open`` are closed and
+reopened from their SQLite file as needed (an app being evicted and
+restarted), carrying their counters over.
+
+Example::
+
+    result = Fleet(workload, "127.0.0.1:50051", reranker, FleetConfig(workdir=Path("runs/f"))).run()
+    result.summary()["HR@10"], result.series.rows()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import random
+import shutil
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal, Protocol
+
+from device.client import Backoff, CloudClient
+from device.policy import RequestPolicy, make_policy
+from device.reranker import Reranker
+from device.runtime import DeviceRuntime, RuntimeConfig
+from device.store import DeviceStore
+from shared.contract import Reason
+from simulator.metering import MeteredClient, fleet_channels, wait_ready
+from simulator.metrics import TimeSeries, summarize
+from simulator.netem import LinkProfile, ProxyStats, ProxyThread, Window
+from simulator.recovery import RecoverySpread
+from simulator.workload import DeviceSpec, Driver, Workload
+
+log = logging.getLogger(__name__)
+
+FaultKind = Literal["cloud_down", "network_down"]
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: FaultKind
+    at_s: float  # simulated seconds from the start
+    duration_s: float
+
+    def validate(self) -> None:
+        if self.kind not in ("cloud_down", "network_down"):
+            raise ValueError(f"fault kind must be cloud_down or network_down, got {self.kind!r}")
+        if self.at_s < 0 or self.duration_s <= 0:
+            raise ValueError("fault at_s must be >= 0 and duration_s > 0")
+
+    @property
+    def window(self) -> Window:
+        return Window(self.at_s, self.at_s + self.duration_s)
+
+
+class CloudControl(Protocol):
+    """The cloud server process, for faults that kill it."""
+
+    def kill(self) -> None: ...
+
+    def restart(self) -> None:
+        """Start again on the same address; returns once serving."""
+        ...
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    workdir: Path
+    policy: str = "disagreement"
+    threshold: float = 0.95
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    k: int = 10  # cut-off of HR@k / NDCG@k of the shown list; at most runtime.show
+    deadline_s: float = 2.0  # per GetCandidates call, wall-clock
+    seed: int = 0
+    clock: Literal["sim", "wall"] = "sim"
+    speed: float = 1.0  # wall clock only: simulated seconds per wall second
+    concurrency: int = 1  # events in flight at once; > 1 overlaps emulated network latency
+    channels: int = 2  # TCP connections the fleet's gRPC calls share
+    max_open: int = 5000  # device stores open at once; each holds 3 file descriptors
+    sqlite_cache_kib: int = 64  # per device; SQLite's 2 MiB default times 10,000 devices is 20 GB
+    bin_s: float = 5.0  # simulated seconds per metrics bin
+    recovery_spread: bool = True  # spread retries after an outage (see simulator/recovery.py)
+    network: LinkProfile | None = None  # None and no network faults: devices dial the cloud directly
+    faults: tuple[Fault, ...] = ()
+    shard: int = 0  # this process runs devices with index % shards == shard
+    shards: int = 1
+    verify: bool = True  # count each store's events at the end (lost events must be 0)
+
+    def validate(self) -> None:
+        self.runtime.validate()
+        if not 1 <= self.k <= self.runtime.show:
+            raise ValueError(f"k must be in 1..runtime.show ({self.runtime.show}), got {self.k}")
+        if self.clock not in ("sim", "wall") or self.speed <= 0:
+            raise ValueError("fleet.clock must be sim or wall and fleet.speed > 0")
+        if self.concurrency < 1 or self.channels < 1 or self.max_open < 1:
+            raise ValueError("fleet.concurrency, fleet.channels and fleet.max_open must be >= 1")
+        if not 0 <= self.shard < self.shards:
+            raise ValueError(f"shard {self.shard} out of range for {self.shards} shards")
+        for f in self.faults:
+            f.validate()
+        if self.network is not None:
+            self.network.validate()
+
+
+@dataclass
+class FleetResult:
+    policy: str
+    series: TimeSeries
+    devices: int
+    wall_s: float  # from the first device online to the last event
+    setup_s: float  # channels, proxy, worker threads
+    lost_events: int  # events fed but not in the device's SQLite file (must be 0)
+    deferred: int  # requests held back by recovery spreading
+    evictions: int  # stores closed to stay under max_open
+    rss_start_mb: float
+    rss_peak_mb: float
+    proxy: ProxyStats | None = None
+    faults: tuple[Fault, ...] = ()
+
+    def summary(self) -> dict[str, float]:
+        s = summarize(self.series)
+        s.update({
+            "devices": float(self.devices),
+            "events_per_s": s["events"] / self.wall_s if self.wall_s else 0.0,
+            "wall_s": self.wall_s,
+            "lost_events": float(self.lost_events),
+            "deferred_requests": float(self.deferred),
+            "rss_peak_mb": self.rss_peak_mb,
+            "memory_per_device_kib": (self.rss_peak_mb - self.rss_start_mb) * 1024 / self.devices
+            if self.devices else 0.0,
+        })
+        if self.proxy is not None:
+            s["wire_bytes_up"] = float(self.proxy.bytes_up)
+            s["wire_bytes_down"] = float(self.proxy.bytes_down)
+        return s
+
+
+def rss_mb() -> tuple[float, float]:
+    """(current, peak) resident memory of this process in MiB (Linux /proc)."""
+    cur = peak = 0.0
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                cur = int(line.split()[1]) / 1024
+            elif line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return cur, peak
+
+
+class FleetClock:
+    """The fleet's simulated time: the newest dispatched event (sim) or scaled wall time (wall)."""
+
+    def __init__(self, mode: str = "sim", speed: float = 1.0) -> None:
+        self.mode = mode
+        self.speed = speed
+        self.now = 0.0
+        self._wall0 = time.monotonic()
+
+    def start(self, t: float) -> None:
+        self.now = t
+        self._wall0 = time.monotonic() - t / self.speed
+
+    def __call__(self) -> float:
+        if self.mode == "wall":
+            return (time.monotonic() - self._wall0) * self.speed
+        return self.now
+
+    def wall_delay(self, t: float) -> float:
+        """Wall seconds until simulated time ``t`` (wall mode)."""
+        return max(0.0, t / self.speed - (time.monotonic() - self._wall0))
+
+
+class DeviceClock:
+    """One device's clock: the simulated time of the event it is handling."""
+
+    __slots__ = ("now",)
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass(eq=False)
+class SimDevice:
+    spec: DeviceSpec
+    driver: Driver
+    clock: DeviceClock
+    client: MeteredClient
+    policy: RequestPolicy
+    path: Path
+    runtime: DeviceRuntime | None = None
+    fed: int = 0
+    counters: tuple[int, int, int] = (0, 0, 0)  # requests, failed, events_since_request across reopen
+    busy: bool = False
+
+
+class Fleet:
+    def __init__(self, workload: Workload, address: str, reranker: Reranker | None,
+                 config: FleetConfig, cloud: CloudControl | None = None) -> None:
+        config.validate()
+        if any(f.kind == "cloud_down" for f in config.faults) and cloud is None:
+            raise ValueError("a cloud_down fault needs the cloud process (start one, not --connect)")
+        self.workload = workload
+        self.address = address
+        self.reranker = reranker
+        self.config = config
+        self.cloud = cloud
+        self.clock = FleetClock(config.clock, config.speed)
+        self.series = TimeSeries(0.0, config.bin_s, config.k)
+        self._open: OrderedDict[int, SimDevice] = OrderedDict()
+        self._lock = threading.Lock()  # worker threads open and evict devices
+        self._evictions = 0
+
+    # --- devices ------------------------------------------------------------------------------
+    def _make_device(self, spec: DeviceSpec, address: str, channel: object, root: Path) -> SimDevice:
+        cfg = self.config
+        clock = DeviceClock(spec.start_s)
+        rng = random.Random(f"{cfg.seed}:{spec.index}")
+        policy: RequestPolicy = make_policy(cfg.policy, cfg.threshold)
+        spread = RecoverySpread(policy, rng=random.Random(f"spread:{cfg.seed}:{spec.index}")) \
+            if cfg.recovery_spread else None
+        inner = CloudClient(address, deadline_s=cfg.deadline_s, channel=channel,  # type: ignore[arg-type]
+                            clock=clock, backoff=Backoff(rng=rng))
+        client = MeteredClient(inner, clock, self.series.request, spread)
+        return SimDevice(spec, self.workload.driver(spec, cfg.seed), clock, client,
+                         spread or policy, root / f"{spec.device_id}.sqlite")
+
+    def _runtime(self, dev: SimDevice) -> DeviceRuntime:
+        """The device's runtime, (re)opening its store if it was closed."""
+        rt = dev.runtime
+        if rt is not None:
+            with self._lock:
+                self._open.move_to_end(dev.spec.index)
+            return rt
+        fresh = not dev.path.exists()
+        store = DeviceStore(dev.path)
+        store.conn.execute(f"PRAGMA cache_size=-{self.config.sqlite_cache_kib}")
+        if fresh and dev.spec.history.size:
+            store.append_many(dev.spec.history, dev.spec.history_times)
+        rt = DeviceRuntime(dev.spec.device_id, store, self.reranker, dev.client,  # type: ignore[arg-type]
+                           dev.policy, self.config.runtime, dev.clock)
+        rt.requests, rt.failed_requests, rt.events_since_request = dev.counters
+        dev.runtime = rt
+        with self._lock:
+            self._open[dev.spec.index] = dev
+            while len(self._open) > self.config.max_open:
+                idx = next((i for i, d in self._open.items() if not d.busy and d is not dev), None)
+                if idx is None:
+                    break
+                self._close(self._open.pop(idx))
+                self._evictions += 1
+        return rt
+
+    def _close(self, dev: SimDevice) -> None:
+        rt = dev.runtime
+        if rt is None:
+            return
+        dev.counters = (rt.requests, rt.failed_requests, rt.events_since_request)
+        rt.close()
+        dev.runtime = None
+
+    def _handle(self, dev: SimDevice, t: float, first: bool) -> None:
+        """One step of one device at simulated time ``t`` (runs in a worker thread if concurrent)."""
+        dev.clock.now = t
+        rt = self._runtime(dev)
+        if first:  # the device comes online and asks for its first list
+            dev.client.bootstrap = True
+            try:
+                rt.refresh(Reason.COLD_START, t)
+            finally:
+                dev.client.bootstrap = False
+            return
+        shown = rt.recommend()[: self.config.k]
+        age = rt.cached.age(t) if rt.cached is not None else 0.0
+        resp = dev.driver.step(shown)
+        self.series.event(t, resp.position, age, shown.size == 0)
+        rt.record(resp.item, t)
+        dev.fed += 1
+
+    # --- faults ---------------------------------------------------------------------------
+    def _fault_actions(self, proxy: ProxyThread | None,
+                       channels: list[object]) -> list[tuple[float, str, Callable[[], None]]]:
+        actions: list[tuple[float, str, Callable[[], None]]] = []
+        for f in self.config.faults:
+            if f.kind == "cloud_down":
+                assert self.cloud is not None
+                cloud = self.cloud
+
+                def up(cloud: CloudControl = cloud) -> None:
+                    cloud.restart()
+                    if self.config.clock == "sim":
+                        # Simulated time stands still while connections re-establish (wall seconds).
+                        wait_ready(channels, 15.0, self.address)  # type: ignore[arg-type]
+
+                actions += [(f.at_s, "cloud killed", cloud.kill), (f.at_s + f.duration_s, "cloud restarted", up)]
+        return sorted(actions, key=lambda a: a[0])
+
+    # --- the run -------------------------------------------------------------------------------
+    def run(self, progress: Callable[[float, int], None] | None = None) -> FleetResult:
+        """Run to the end; ``progress(fraction of simulated time done, events so far)``."""
+        return asyncio.run(self._run(progress))
+
+    async def _run(self, progress: Callable[[float, int], None] | None) -> FleetResult:
+        cfg = self.config
+        setup = time.perf_counter()
+        root = Path(cfg.workdir) / "devices"
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        outages = [f.window for f in cfg.faults if f.kind == "network_down"]
+        proxy = None
+        address = self.address
+        if cfg.network is not None or outages:
+            proxy = ProxyThread(self.address, cfg.network, outages, self.clock, seed=cfg.seed)
+            address = proxy.start()
+        channels = fleet_channels(address, cfg.channels)
+        specs = [s for s in self.workload.devices() if s.index % cfg.shards == cfg.shard]
+        devices = {s.index: self._make_device(s, address, channels[s.index % len(channels)], root)
+                   for s in specs}
+        heap: list[tuple[float, int, int]] = [(s.start_s, 0, s.index) for s in specs]
+        heapq.heapify(heap)
+        actions = self._fault_actions(proxy, channels)  # type: ignore[arg-type]
+        executor = ThreadPoolExecutor(cfg.concurrency, thread_name_prefix="device") \
+            if cfg.concurrency > 1 else None
+        loop = asyncio.get_running_loop()
+        inflight: set[asyncio.Future[None]] = set()
+        rss_start, _ = rss_mb()
+        setup_s = time.perf_counter() - setup
+        start = time.perf_counter()
+        self.clock.start(heap[0][0] if heap else 0.0)
+        horizon = self._horizon(devices.values())
+        done = 0
+
+        def schedule_next(dev: SimDevice) -> None:
+            if dev.driver.next_time is not None:
+                heapq.heappush(heap, (dev.driver.next_time, 1, dev.spec.index))
+
+        def finished(dev: SimDevice, fut: asyncio.Future[None]) -> None:
+            dev.busy = False
+            inflight.discard(fut)
+            if fut.exception() is None:
+                schedule_next(dev)
+
+        try:
+            while heap or inflight:
+                if not heap:
+                    await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                t, kind, idx = heap[0]
+                if actions and actions[0][0] <= t:
+                    if inflight:  # let running events finish so the fault lands between events
+                        await asyncio.wait(inflight)
+                        continue
+                    at, what, act = actions.pop(0)
+                    self.clock.now = max(self.clock.now, at)
+                    log.info("t=%.1fs: %s", at, what)
+                    await loop.run_in_executor(None, act)
+                    continue
+                if cfg.clock == "wall" and (delay := self.clock.wall_delay(t)) > 0:
+                    await asyncio.sleep(delay)
+                dev = devices[idx]
+                if dev.busy or (executor is not None and len(inflight) >= cfg.concurrency):
+                    await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                heapq.heappop(heap)
+                self.clock.now = max(self.clock.now, t)
+                done += 1
+                if executor is None:
+                    self._handle(dev, t, kind == 0)
+                    schedule_next(dev)
+                else:
+                    dev.busy = True
+                    fut = loop.run_in_executor(executor, self._handle, dev, t, kind == 0)
+                    inflight.add(fut)
+                    fut.add_done_callback(lambda f, d=dev: finished(d, f))
+                if progress and done % 500 == 0:
+                    progress(min(1.0, t / horizon) if horizon else 0.0, self.series_events())
+            for fut in list(inflight):
+                await fut
+        finally:
+            if executor is not None:
+                executor.shutdown(wait=True)
+            wall = time.perf_counter() - start
+            _, rss_peak = rss_mb()
+            for dev in devices.values():
+                self._close(dev)
+            for ch in channels:
+                ch.close()  # type: ignore[attr-defined]
+            if proxy is not None:
+                proxy.stop()
+        if progress:
+            progress(1.0, self.series_events())
+        lost = self._verify(devices.values()) if cfg.verify else 0
+        deferred = sum(d.policy.deferred for d in devices.values() if isinstance(d.policy, RecoverySpread))
+        return FleetResult(cfg.policy, self.series, len(devices), wall, setup_s, lost, deferred,
+                           self._evictions, rss_start, rss_peak,
+                           replace(proxy.stats) if proxy else None, cfg.faults)
+
+    def series_events(self) -> int:
+        return sum(b.events for b in list(self.series.bins.values()))
+
+    def _horizon(self, devices: Iterable[SimDevice]) -> float:
+        """The simulated time the run ends at, for progress: the workload's duration or last trace event."""
+        if self.workload.duration_s is not None:
+            return self.workload.duration_s
+        ends = [float(d.driver.times[-1]) for d in devices  # type: ignore[attr-defined]
+                if getattr(d.driver, "times", None) is not None and d.driver.times.size]  # type: ignore[attr-defined]
+        return max(ends, default=0.0)
+
+    @staticmethod
+    def _verify(devices: Iterable[SimDevice]) -> int:
+        """Events fed to devices but missing from their SQLite files (read back from disk)."""
+        lost = 0
+        for dev in devices:
+            if not dev.path.exists():
+                continue
+            conn = sqlite3.connect(str(dev.path))
+            try:
+                n = int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+            finally:
+                conn.close()
+            lost += max(0, dev.spec.history.size + dev.fed - n)
+        return lost
+

@@ -1,0 +1,130 @@
+"""What the fleet measures on each cloud call, without touching the device runtime.
+
+* :func:`fleet_channels` opens the gRPC connections a fleet shares (each its
+  own TCP connection), with the device client's retry policy and a
+  client interceptor that notes each message's encoded size;
+* :class:`MeteredClient` wraps a device's :class:`~device.client.CloudClient`
+  (the runtime calls it like the real one) and records every call that goes
+  out: simulated time, reason, outcome, wall-clock latency, payload bytes.
+  It also tells the device's :class:`~simulator.recovery.RecoverySpread`
+  about outcomes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import grpc
+
+from device.client import CloudClient, CloudRejected, CloudUnavailable
+from shared.contract import CandidatesRequest, CandidatesResponse, DeviceModel
+
+log = logging.getLogger(__name__)
+
+# Mirrors device/client.py's policy: one retry of UNAVAILABLE inside the deadline.
+_SERVICE_CONFIG = json.dumps({
+    "methodConfig": [{
+        "name": [{"service": "dcrec.v1.Recommender"}],
+        "retryPolicy": {"maxAttempts": 2, "initialBackoff": "0.05s", "maxBackoff": "0.2s",
+                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+    }]
+})
+
+_sizes = threading.local()  # (up, down) bytes of the call the current thread made last
+
+
+class _SizeInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Notes the encoded size of each request and response (the payload on the wire, sans framing)."""
+
+    def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any,
+                              request: Any) -> Any:
+        outcome = continuation(details, request)
+        down = 0
+        try:
+            resp = outcome.result()
+            down = resp.ByteSize()
+        except Exception:  # noqa: BLE001 - the caller sees the error; only the size is unknown
+            pass
+        _sizes.value = (request.ByteSize(), down)
+        return outcome
+
+
+def fleet_channels(address: str, n: int, ready_timeout_s: float = 10.0) -> list[grpc.Channel]:
+    """``n`` channels to ``address``, each on its own TCP connection, ready before returning."""
+    opts = [
+        ("grpc.service_config", _SERVICE_CONFIG),
+        ("grpc.enable_retries", 1),
+        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+        ("grpc.use_local_subchannel_pool", 1),  # otherwise identical channels share one connection
+    ]
+    raw = [grpc.insecure_channel(address, options=opts) for _ in range(max(1, n))]
+    wait_ready(raw, ready_timeout_s, address)
+    return [grpc.intercept_channel(ch, _SizeInterceptor()) for ch in raw]
+
+
+def wait_ready(channels: list[grpc.Channel], timeout_s: float, address: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    for ch in channels:
+        try:
+            grpc.channel_ready_future(ch).result(timeout=max(0.01, deadline - time.monotonic()))
+        except grpc.FutureTimeoutError as e:
+            raise ConnectionError(f"cloud at {address} not reachable within {timeout_s:.0f} s") from e
+
+
+class CallSink(Protocol):
+    def __call__(self, t: float, reason: str, ok: bool, latency_ms: float, up: int, down: int,
+                 rejected: bool = False, bootstrap: bool = False) -> None: ...
+
+
+class OutcomeListener(Protocol):
+    def failed(self, now: float) -> None: ...
+
+    def succeeded(self, now: float) -> None: ...
+
+
+class MeteredClient:
+    """Duck-types :class:`CloudClient` for :class:`~device.runtime.DeviceRuntime`."""
+
+    def __init__(self, inner: CloudClient, clock: Callable[[], float], sink: CallSink,
+                 listener: OutcomeListener | None = None) -> None:
+        self.inner = inner
+        self.clock = clock
+        self.sink = sink
+        self.listener = listener
+        self.bootstrap = False  # set while the device asks for its first list
+
+    def available(self) -> bool:
+        return self.inner.available()
+
+    def get_candidates(self, req: CandidatesRequest) -> CandidatesResponse:
+        now = self.clock()
+        _sizes.value = (0, 0)
+        start = time.perf_counter()
+        try:
+            resp = self.inner.get_candidates(req)
+        except (CloudUnavailable, CloudRejected) as e:
+            up, down = _sizes.value
+            self.sink(now, req.reason.label, False, (time.perf_counter() - start) * 1e3, up, down,
+                      rejected=isinstance(e, CloudRejected), bootstrap=self.bootstrap)
+            if self.listener is not None and isinstance(e, CloudUnavailable):
+                self.listener.failed(now)
+            raise
+        up, down = _sizes.value
+        self.sink(now, req.reason.label, True, (time.perf_counter() - start) * 1e3, up, down,
+                  bootstrap=self.bootstrap)
+        if self.listener is not None:
+            self.listener.succeeded(now)
+        return resp
+
+    def get_device_model(self, device_id: str, current_version: str = "") -> DeviceModel | None:
+        return self.inner.get_device_model(device_id, current_version)
+
+    def close(self) -> None:
+        """The channel is the fleet's; nothing of the device's to close."""

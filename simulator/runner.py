@@ -1,0 +1,206 @@
+"""Running a scenario: a cloud (started or reached), the device model, one fleet per policy.
+
+``run_scenario`` is what ``dcrec simulate --scenario`` calls: it builds the
+workload the scenario describes, runs one fleet per policy (in this process,
+or sharded over Ray with ``shards > 1``), checks the scenario's conditions
+and writes the report.
+
+Example::
+
+    outcome = run_scenario(load_scenario("steady"), Models(cloud_model=Path("runs/demo/cloud"),
+                           registry=Path("runs/demo/registry")), Path("runs/sim/steady"))
+    outcome.report     # runs/sim/steady/report.html
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from device.client import CloudClient
+from device.reranker import Reranker
+from device.updates import update
+from shared.data import Dataset, load_dataset
+from shared.progress import Progress
+from shared.splits import TimeSplit, time_split
+from simulator.cloudproc import CloudProcess
+from simulator.fleet import CloudControl, Fleet, FleetConfig, FleetResult
+from simulator.metrics import recovery_peak
+from simulator.report import write_report
+from simulator.scenario import Scenario, WorkloadSpec
+from simulator.users import LatentInterestUsers, LatentUserConfig, item_vectors
+from simulator.workload import Surge, TraceWorkload, UserWorkload, Workload
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Models:
+    cloud_model: Path | None = None  # start a server for this model directory...
+    registry: Path | None = None  # ...handing out device models from this registry
+    connect: str | None = None  # ...or use a server already running here
+
+
+@dataclass
+class Outcome:
+    results: list[FleetResult]
+    checks: dict[str, dict[str, object]] = field(default_factory=dict)
+    report: Path | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(bool(c["ok"]) for c in self.checks.values())
+
+
+class ManagedCloud:
+    """A :class:`CloudProcess` as the fleet's :class:`CloudControl` (kill, restart on the same port)."""
+
+    def __init__(self, proc: CloudProcess) -> None:
+        self.proc = proc
+
+    def kill(self) -> None:
+        self.proc.kill()
+
+    def restart(self) -> None:
+        self.proc.start(port=self.proc.port)
+
+
+@functools.lru_cache(maxsize=4)
+def _data(dataset: str, cloud_fraction: float) -> tuple[Dataset, TimeSplit]:
+    ds = load_dataset(dataset)
+    return ds, time_split(ds, cloud_fraction)
+
+
+def scenario_workload(sc: Scenario) -> Workload:
+    """The scenario's workload (cached: runs of several policies share it; drivers hold all state)."""
+    return _workload(sc.dataset, sc.cloud_fraction, sc.workload, sc.users, sc.seed, sc.surges)
+
+
+@functools.lru_cache(maxsize=4)
+def _workload(dataset: str, cloud_fraction: float, w: WorkloadSpec, users: LatentUserConfig,
+              seed: int, surges: tuple[Surge, ...]) -> Workload:
+    ds, split = _data(dataset, cloud_fraction)
+    return build_workload(Scenario(name="", workload=w, users=users, seed=seed, surges=surges),
+                          ds, split)
+
+
+def build_workload(sc: Scenario, ds: Dataset, split: TimeSplit) -> Workload:
+    w = sc.workload
+    if w.kind == "trace":
+        timing = w.timing if w.timing != "auto" else ("real" if ds.has_timestamps else "synthetic")
+        if timing == "real" and not ds.has_timestamps:
+            raise ValueError(f"{ds.name} has no timestamps: use workload.timing = \"synthetic\"")
+        return TraceWorkload(split, timing, w.mean_gap_s, w.time_scale, w.max_users, sc.seed,
+                             sc.surges, w.duration_s)
+    seqs = split.cloud_sequences()
+    vectors = item_vectors(seqs, ds.n_items, sc.users.dim, seed=sc.seed)
+    popularity = np.bincount(split.cloud.item, minlength=ds.n_items + 1)
+    model = LatentInterestUsers(vectors, popularity, sc.users)
+    assert w.duration_s is not None
+    return UserWorkload(split, model, w.devices, w.duration_s, sc.seed, sc.surges)
+
+
+def fleet_config(sc: Scenario, policy: str, workdir: Path, shard: int = 0, shards: int = 1) -> FleetConfig:
+    f = sc.fleet
+    return FleetConfig(
+        workdir=Path(f.store_dir) / policy if f.store_dir else workdir, policy=policy,
+        threshold=sc.threshold, runtime=sc.runtime, k=f.k, deadline_s=f.deadline_s, seed=sc.seed,
+        clock=f.clock, speed=f.speed, concurrency=f.concurrency, channels=f.channels,
+        max_open=f.max_open, bin_s=f.bin_s, recovery_spread=f.recovery_spread,
+        network=sc.network, faults=sc.faults, shard=shard, shards=shards)
+
+
+def fetch_reranker(address: str, model_dir: Path) -> Reranker | None:
+    """The device model as devices get it: from the cloud's registry (None when it hands out none)."""
+    client = CloudClient(address, deadline_s=5.0)
+    try:
+        return update(client, "simulator", model_dir, None)
+    finally:
+        client.close()
+
+
+def run_fleet(sc: Scenario, policy: str, address: str, workdir: Path, cloud: CloudControl | None = None,
+              shard: int = 0, shards: int = 1, progress: bool = False) -> FleetResult:
+    """One policy's fleet (or one shard of it) against the cloud at ``address``."""
+    workload = scenario_workload(sc)
+    reranker = fetch_reranker(address, Path(workdir) / "model")
+    if reranker is None:
+        log.warning("no device model from the cloud; devices show the cloud's order")
+    bar = Progress(f"simulate {policy:>12}", 1000) if progress else None
+
+    def tick(fraction: float, events: int) -> None:
+        assert bar is not None
+        bar.update(int(fraction * 1000), f"{events} events")
+
+    fleet = Fleet(workload, address, reranker, fleet_config(sc, policy, workdir, shard, shards), cloud)
+    result = fleet.run(tick if bar else None)
+    if bar:
+        bar.close()
+    return result
+
+
+def evaluate_checks(sc: Scenario, r: FleetResult) -> dict[str, dict[str, object]]:
+    c = sc.checks
+    s = r.summary()
+    out: dict[str, dict[str, object]] = {}
+
+    def check(name: str, value: float, limit: float | None, at_most: bool = True) -> None:
+        if limit is None:
+            return
+        ok = (value <= limit) if at_most else (value >= limit)
+        out[f"{r.policy}: {name}"] = {"value": round(value, 4), "limit": limit, "ok": bool(ok)}
+
+    check("lost events", s["lost_events"], c.max_lost_events)
+    check("events with nothing on screen", s["shown_empty"], c.max_shown_empty)
+    check("events per second", s["events_per_s"], c.min_events_per_s, at_most=False)
+    if c.max_recovery_ratio is not None:
+        for f in sc.faults:
+            steady, peak = recovery_peak(r.series, f.at_s, f.at_s + f.duration_s, sc.workload.warmup_s)
+            ratio = peak / steady if steady and not math.isnan(steady) else math.inf
+            check(f"request peak after {f.kind} / steady (steady {steady:.2f}/s, peak {peak:.2f}/s)",
+                  ratio, c.max_recovery_ratio)
+    return out
+
+
+def run_scenario(sc: Scenario, models: Models, out: Path, shards: int = 1,
+                 ray_address: str | None = None, progress: bool = True) -> Outcome:
+    if not models.connect and not models.cloud_model:
+        raise ValueError("give a cloud model to serve (--models DIR or --cloud-model) or --connect host:port")
+    if models.cloud_model is not None and not Path(models.cloud_model).is_dir():
+        raise FileNotFoundError(f"{models.cloud_model}: no cloud model here (run `dcrec demo` first, "
+                                "or train one with `dcrec cloud train`)")
+    if shards > 1 and any(f.kind == "cloud_down" for f in sc.faults):
+        raise ValueError("cloud_down faults need one process (the driver owns the server); "
+                         "use network_down faults with --shards")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    proc = None
+    if not models.connect:
+        assert models.cloud_model is not None
+        proc = CloudProcess(models.cloud_model, models.registry, ttl=sc.ttl_s).start()
+    address = models.connect or proc.address  # type: ignore[union-attr]
+    outcome = Outcome([])
+    try:
+        for policy in sc.policies:
+            workdir = out / policy
+            if shards > 1:
+                from simulator.distributed import run_sharded
+
+                result = run_sharded(sc, policy, address, workdir, shards, ray_address)
+            else:
+                result = run_fleet(sc, policy, address, workdir, ManagedCloud(proc) if proc else None,
+                                   progress=progress)
+            outcome.results.append(result)
+            outcome.checks.update(evaluate_checks(sc, result))
+    finally:
+        if proc is not None:
+            proc.stop()
+    outcome.report = write_report(out, sc, outcome.results, outcome.checks)
+    print(f"report: {outcome.report}", file=sys.stderr)
+    return outcome
