@@ -12,7 +12,7 @@ import logging
 import sys
 
 # Modules exposing register(subparsers); one line per area.
-AREAS = ["cloud.cli", "device.cli", "simulator.cli"]
+AREAS = ["cloud.cli", "device.cli", "simulator.cli", "simulator.bench.cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:

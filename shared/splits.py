@@ -92,13 +92,15 @@ def stale_cloud_split(ds: Dataset, lag: int = 2, min_len: int = 3) -> Split:
 
     The cloud last saw ``i1..i(n-1-lag)`` (stale; ``lag=2`` gives ``i1..i(n-3)``),
     the device sees ``i1..i(n-1)``, the target is ``in``. Models train on what the
-    cloud saw; validation predicts ``i(n-lag)`` from ``i1..i(n-1-lag)``, which the
-    training sequences never contain as a target.
+    cloud saw. Validation repeats the protocol one step earlier: the target is
+    the last training item ``i(n-1-lag)``, the device sees everything before it
+    and the cloud ``lag`` items less; models that validate on it must not train
+    on the last item of each training sequence.
     """
     if lag < 0:
         raise ValueError(f"lag must be >= 0, got {lag}")
     train: list[np.ndarray] = []
-    vu, vh, vt = [], [], []
+    vu, vh, vt, vc = [], [], [], []
     tu, th, tt, tc = [], [], [], []
     for u, seq in enumerate(ds.sequences()):
         n = len(seq)
@@ -109,9 +111,10 @@ def stale_cloud_split(ds: Dataset, lag: int = 2, min_len: int = 3) -> Split:
         train.append(seq[:cut])
         if cut >= 2:
             vu.append(u), vh.append(seq[: cut - 1]), vt.append(int(seq[cut - 1]))
+            vc.append(seq[: max(cut - 1 - lag, 1)])
         tu.append(u), th.append(seq[: n - 1]), tt.append(int(seq[n - 1])), tc.append(seq[:cut])
     train = [s for s in train if len(s) >= 2]
-    return Split(train, _evalset(vu, vh, vt), _evalset(tu, th, tt, tc))
+    return Split(train, _evalset(vu, vh, vt, vc), _evalset(tu, th, tt, tc))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Offline benchmarks: the quality harness (``dcrec bench quality``)."""

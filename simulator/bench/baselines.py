@@ -1,0 +1,62 @@
+"""Leave-one-out baselines trained by the harness itself (fresh history, full catalogue).
+
+Each baseline is ``fn(ds, train, valid, test, cfg, seed) -> ranks`` (M,) of the
+test targets among all items, seen items excluded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared.data import Dataset
+from shared.metrics import ranks_from_scores
+from shared.splits import EvalSet
+from simulator.bench.scoring import seen_mask, srm_full_scores
+
+Baseline = Callable[[Dataset, list[np.ndarray], EvalSet, EvalSet, Any, int], np.ndarray]
+
+
+def most_popular(ds: Dataset, train: list[np.ndarray], valid: EvalSet, test: EvalSet,
+                 cfg: Any, seed: int) -> np.ndarray:
+    pop = np.bincount(np.concatenate(train + [valid.targets]), minlength=ds.n_items + 1)
+    pop = pop.astype(np.float64) + np.linspace(0, 1e-6, pop.size)[::-1]  # break ties by id
+    ranks = np.empty(len(test), dtype=np.int64)
+    for lo in range(0, len(test), 1024):
+        hi = min(len(test), lo + 1024)
+        scores = np.broadcast_to(pop, (hi - lo, pop.size))
+        ranks[lo:hi] = ranks_from_scores(scores, test.targets[lo:hi],
+                                         exclude=seen_mask(test.histories[lo:hi], ds.n_items))
+    return ranks
+
+
+def _with_valid(train: list[np.ndarray], valid: EvalSet) -> list[np.ndarray]:
+    """Training sequences ending in the validation target: trainers hold out each last item."""
+    seqs = [np.append(h, t) for h, t in zip(valid.histories, valid.targets, strict=True)]
+    in_valid = set(valid.users.tolist())
+    return seqs + [s for u, s in enumerate(train) if u not in in_valid and len(s) >= 2]
+
+
+def sasrec(ds: Dataset, train: list[np.ndarray], valid: EvalSet, test: EvalSet,
+           cfg: Any, seed: int) -> np.ndarray:
+    from device.training.train import TrainConfig, load_sasrec, train_sasrec
+
+    out = Path(cfg.workdir) / ds.name / f"seed{seed}" / "loo-sasrec"
+    train_sasrec(_with_valid(train, valid), ds.n_items,
+                 TrainConfig(epochs=cfg.device_epochs, time_budget_s=cfg.device_time_budget_s,
+                             seed=seed, model=cfg.device_model), out)
+    model = load_sasrec(out)
+    ranks = np.empty(len(test), dtype=np.int64)
+    for lo, hi, scores in srm_full_scores(model, test.histories):
+        ranks[lo:hi] = ranks_from_scores(scores, test.targets[lo:hi],
+                                         exclude=seen_mask(test.histories[lo:hi], ds.n_items))
+    return ranks
+
+
+BASELINES: dict[str, Baseline] = {
+    "most-popular": most_popular,
+    "sasrec": sasrec,
+}

@@ -1,0 +1,55 @@
+"""``dcrec bench quality``: the offline quality harness."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def cmd_quality(ns: argparse.Namespace) -> int:
+    from simulator.bench import report
+    from simulator.bench.quality import QualityConfig, run
+
+    cfg = QualityConfig(dataset=ns.dataset, seeds=ns.seeds, cloud_backend=ns.cloud_backend,
+                        device_epochs=ns.epochs, device_time_budget_s=ns.time_budget,
+                        max_users=ns.users, workdir=Path(ns.workdir),
+                        baselines=tuple(ns.baseline) if ns.baseline else QualityConfig.baselines)
+    start = time.perf_counter()
+
+    def say(msg: str) -> None:
+        print(f"[{time.perf_counter() - start:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    rows, infos = run(cfg, say)
+    out = Path(ns.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = Path(ns.dataset).name
+    table = report.markdown(rows)
+    (out / f"quality-{name}.md").write_text(table + "\n")
+    report.write_csv(rows, out / f"quality-{name}.csv")
+    report.plot(rows, out / f"quality-{name}.png", f"{name}: NDCG@10 against request ratio")
+    (out / f"quality-{name}.json").write_text(json.dumps(infos, indent=2, default=float))
+    print(table)
+    print(f"\n{len(rows)} rows, {cfg.seeds} seed(s), {time.perf_counter() - start:.0f}s; "
+          f"fusion weights (stale/fresh lists): "
+          + ", ".join(f"{i['alpha_stale']}/{i['alpha_fresh']}" for i in infos)
+          + f"; written to {out}/quality-{name}.{{md,csv,png,json}}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    bench = sub.add_parser("bench", help="offline benchmarks").add_subparsers(dest="sub", required=True)
+    q = bench.add_parser("quality", help="every variant of the stale-cloud protocol, side by side")
+    q.add_argument("--dataset", default="ml-100k", help="ml-100k, beauty, or a path")
+    q.add_argument("--seeds", type=int, default=1)
+    q.add_argument("--cloud-backend", default="cooccurrence")
+    q.add_argument("--epochs", type=int, default=200, help="device-model epochs (early stopping)")
+    q.add_argument("--time-budget", type=float, default=1200.0,
+                   help="seconds of training per device model")
+    q.add_argument("--users", type=int, help="evaluate a sample of this many users")
+    q.add_argument("--baseline", action="append", help="LOO baselines (default: all)")
+    q.add_argument("--workdir", default="runs/bench")
+    q.add_argument("--out", default="runs/bench/results")
+    q.set_defaults(fn=cmd_quality)

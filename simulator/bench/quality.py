@@ -1,0 +1,263 @@
+"""The offline quality harness: every variant of the stale-cloud protocol in one table.
+
+Protocol (DESIGN.md, LSC4Rec's split): the cloud last saw ``i1..i(n-3)``, the
+device sees ``i1..i(n-1)``, the target is ``in``; metrics over the full
+catalogue, an item missing from a list is a miss. Variants:
+
+* ``cloud-stale``      the cloud's list from its stale view, in the cloud's order;
+* ``cloud-fresh``      the cloud's list from the device's history (no rerank);
+* ``device-only``      the device model over the whole catalogue, fresh history;
+* ``fusion``           the device reranks the stale list (no requests);
+* ``always-fresh``     the device reranks a fresh list for every user (the upper bound);
+* ``random@r``         fresh lists for a random share r of users, stale for the rest;
+* ``disagreement@r``   fresh lists for users whose device/cloud disagreement on
+                       the stale list crosses a threshold, decided by the runtime's
+                       own :class:`~device.policy.DisagreementPolicy`, with the
+                       threshold calibrated on the validation step (never on test).
+
+The fusion weight is chosen on the validation step too (one weight for stale
+lists, one for fresh lists: the device knows which it holds).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cloud import backends
+from device.fusion import fuse
+from device.policy import DisagreementPolicy, PolicyInput
+from shared.agreement import Measure, disagreement
+from shared.data import Dataset, load_dataset
+from shared.metrics import ranks_from_scores, ranks_in_lists, summarize
+from shared.splits import EvalSet, leave_one_out, stale_cloud_split
+from simulator.bench.scoring import cloud_lists, seen_mask, srm_candidate_scores, srm_full_scores
+
+log = logging.getLogger(__name__)
+
+RATIOS = (0.0, 0.05, 0.10, 0.20, 0.30, 0.50, 1.0)
+ALPHAS = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 11))
+
+
+@dataclass
+class QualityConfig:
+    dataset: str = "ml-100k"
+    seeds: int = 1
+    lag: int = 2  # how many items the cloud's view trails the device's
+    candidates: int = 100  # length of the cloud's list
+    ratios: tuple[float, ...] = RATIOS
+    cloud_backend: str = "cooccurrence"
+    cloud_options: dict[str, Any] = field(default_factory=dict)
+    device_epochs: int = 200
+    device_time_budget_s: float = 1200.0
+    device_model: dict[str, Any] = field(default_factory=dict)  # SASRec overrides
+    measure: Measure = "rbo"
+    measure_top: int = 20
+    baselines: tuple[str, ...] = ("most-popular", "sasrec")
+    max_users: int | None = None  # evaluate a sample of users (tests, quick looks)
+    workdir: Path = Path("runs/bench")
+
+
+@dataclass
+class Row:
+    """One table row: a variant at a request ratio, metrics for one seed."""
+
+    variant: str
+    ratio: float | None
+    seed: int
+    metrics: dict[str, float]
+
+
+def _fused_ranks(items: np.ndarray, cloud: np.ndarray, srm: np.ndarray, alpha: float,
+                 targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rank of each target in the fused order; also the fused orders (M, C)."""
+    orders = np.empty_like(items)
+    for j in range(items.shape[0]):
+        f = fuse(cloud[j], srm[j], alpha)
+        orders[j] = items[j][np.argsort(-f, kind="stable")]
+    return ranks_in_lists(orders, targets), orders
+
+
+def _disagreements(items: np.ndarray, cloud: np.ndarray, srm: np.ndarray, measure: Measure,
+                   top: int) -> np.ndarray:
+    out = np.empty(items.shape[0])
+    for j in range(items.shape[0]):
+        live = items[j] > 0
+        it = items[j][live]
+        c_order = it[np.argsort(-cloud[j][live], kind="stable")]
+        d_order = it[np.argsort(-srm[j][live], kind="stable")]
+        out[j] = disagreement(c_order, d_order, measure, top) if it.size > 1 else 0.0
+    return out
+
+
+def _policy_requests(dis: np.ndarray, threshold: float) -> np.ndarray:
+    """Ask the runtime's policy, user by user, whether this disagreement triggers a request."""
+    policy = DisagreementPolicy(threshold=float(np.clip(threshold, 0.0, 1.0)))
+    out = np.zeros(dis.size, dtype=bool)
+    for j, d in enumerate(dis):
+        state = PolicyInput(now=0.0, has_list=True, list_age_s=0.0, ttl_s=float("inf"),
+                            remaining=1, total=1, disagreement=float(d), events_since_request=1)
+        out[j] = policy.decide(state) is not None
+    return out
+
+
+def calibrate_threshold(valid_dis: np.ndarray, ratio: float) -> float:
+    """The disagreement above which a share ``ratio`` of validation users lies."""
+    if ratio <= 0.0:
+        return 1.0
+    if ratio >= 1.0:
+        return -1.0  # below every score: everyone requests
+    return float(np.quantile(valid_dis, 1.0 - ratio))
+
+
+@dataclass
+class _Lists:
+    """Stale and fresh candidate lists of one evaluation set, with both models' scores."""
+
+    targets: np.ndarray
+    stale_items: np.ndarray
+    stale_cloud: np.ndarray
+    stale_srm: np.ndarray
+    fresh_items: np.ndarray
+    fresh_cloud: np.ndarray
+    fresh_srm: np.ndarray
+
+
+def _lists(ev: EvalSet, gen: backends.CandidateGenerator, srm: Any, count: int) -> _Lists:
+    # The device drops what the user consumed since the cloud's view.
+    since = [h[len(c):] for h, c in zip(ev.histories, ev.cloud_histories, strict=True)]
+    si, sc = cloud_lists(gen, ev.cloud_histories, count, exclude=since)
+    fi, fc = cloud_lists(gen, ev.histories, count)
+    return _Lists(ev.targets, si, sc, srm_candidate_scores(srm, ev.histories, si),
+                  fi, fc, srm_candidate_scores(srm, ev.histories, fi))
+
+
+def _best_alpha(items: np.ndarray, cloud: np.ndarray, srm: np.ndarray, targets: np.ndarray) -> float:
+    from shared.metrics import ndcg
+
+    scores = {a: ndcg(_fused_ranks(items, cloud, srm, a, targets)[0], 10) for a in ALPHAS}
+    return max(scores, key=lambda a: (scores[a], -abs(a - 0.5)))
+
+
+def _metrics(ranks: np.ndarray, in_list: np.ndarray | None = None) -> dict[str, float]:
+    m = summarize(ranks)
+    m["recall@list"] = float(np.mean(in_list if in_list is not None else ranks >= 0))
+    return m
+
+
+def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
+             say: Callable[[str], None] = lambda s: None) -> tuple[list[Row], dict[str, Any]]:
+    from device.training.train import TrainConfig, load_sasrec, train_sasrec
+
+    rows: list[Row] = []
+    info: dict[str, Any] = {}
+    split = stale_cloud_split(ds, lag=cfg.lag)
+    test, valid = split.test, split.valid
+    if cfg.max_users is not None:
+        rng = np.random.default_rng(1234)
+        test = test.take(np.sort(rng.choice(len(test), min(cfg.max_users, len(test)), replace=False)))
+        valid = valid.take(np.sort(rng.choice(len(valid), min(cfg.max_users, len(valid)), replace=False)))
+    work = Path(cfg.workdir) / ds.name / f"seed{seed}"
+
+    t = time.perf_counter()
+    say(f"seed {seed}: training the cloud model ({cfg.cloud_backend}) on the cloud's view")
+    gen = backends.load_generator(backends.train(
+        cfg.cloud_backend, ds, split.train, work / "cloud", cfg.cloud_options))
+    # Validation needs a cloud that never saw the validation targets.
+    gen_val = backends.load_generator(backends.train(
+        cfg.cloud_backend, ds, [s[:-1] for s in split.train if len(s) > 2], work / "cloud-valid",
+        cfg.cloud_options))
+    info["cloud_train_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say(f"seed {seed}: training the device model (SASRec)")
+    res = train_sasrec(split.train, ds.n_items,
+                       TrainConfig(epochs=cfg.device_epochs, time_budget_s=cfg.device_time_budget_s,
+                                   seed=seed, model=cfg.device_model), work / "device")
+    srm = load_sasrec(work / "device")
+    info["device_train_s"] = time.perf_counter() - t
+    info["device_best_epoch"] = res.best_epoch
+
+    say(f"seed {seed}: candidate lists and scores for {len(valid)} validation and {len(test)} test users")
+    v = _lists(valid, gen_val, srm, cfg.candidates)
+    te = _lists(test, gen, srm, cfg.candidates)
+    alpha_stale = _best_alpha(v.stale_items, v.stale_cloud, v.stale_srm, v.targets)
+    alpha_fresh = _best_alpha(v.fresh_items, v.fresh_cloud, v.fresh_srm, v.targets)
+    info.update(alpha_stale=alpha_stale, alpha_fresh=alpha_fresh)
+    valid_dis = _disagreements(v.stale_items, v.stale_cloud, v.stale_srm, cfg.measure, cfg.measure_top)
+    test_dis = _disagreements(te.stale_items, te.stale_cloud, te.stale_srm, cfg.measure, cfg.measure_top)
+
+    y = te.targets
+    stale_in = (te.stale_items == y[:, None]).any(1)
+    fresh_in = (te.fresh_items == y[:, None]).any(1)
+    rows.append(Row("cloud-stale", None, seed, _metrics(ranks_in_lists(te.stale_items, y))))
+    rows.append(Row("cloud-fresh", None, seed, _metrics(ranks_in_lists(te.fresh_items, y))))
+    dev_ranks = np.empty(len(y), dtype=np.int64)
+    for lo, hi, scores in srm_full_scores(srm, test.histories):
+        dev_ranks[lo:hi] = ranks_from_scores(scores, y[lo:hi],
+                                             exclude=seen_mask(test.histories[lo:hi], ds.n_items))
+    rows.append(Row("device-only", None, seed, _metrics(dev_ranks, np.ones(len(y), bool))))
+    stale_r, _ = _fused_ranks(te.stale_items, te.stale_cloud, te.stale_srm, alpha_stale, y)
+    fresh_r, _ = _fused_ranks(te.fresh_items, te.fresh_cloud, te.fresh_srm, alpha_fresh, y)
+    rows.append(Row("fusion", None, seed, _metrics(stale_r, stale_in)))
+    rows.append(Row("always-fresh", None, seed, _metrics(fresh_r, fresh_in)))
+
+    rng = np.random.default_rng(seed)
+    for r in cfg.ratios:
+        k = int(round(r * len(y)))
+        pick = np.zeros(len(y), dtype=bool)
+        pick[rng.choice(len(y), k, replace=False)] = True
+        m = _metrics(np.where(pick, fresh_r, stale_r), np.where(pick, fresh_in, stale_in))
+        m["measured_ratio"] = float(pick.mean())
+        rows.append(Row("random", r, seed, m))
+        threshold = calibrate_threshold(valid_dis, r)
+        ask = _policy_requests(test_dis, threshold) if 0.0 < r < 1.0 else np.full(len(y), r >= 1.0)
+        m = _metrics(np.where(ask, fresh_r, stale_r), np.where(ask, fresh_in, stale_in))
+        m["measured_ratio"] = float(ask.mean())
+        m["threshold"] = threshold
+        rows.append(Row("disagreement", r, seed, m))
+    return rows, info
+
+
+def run_baselines(ds: Dataset, cfg: QualityConfig, seed: int,
+                  say: Callable[[str], None] = lambda s: None) -> list[Row]:
+    """Leave-one-out, fresh history, full catalogue: most-popular, SASRec, GRU4Rec."""
+    from simulator.bench.baselines import BASELINES
+
+    split = leave_one_out(ds)
+    test = split.test
+    if cfg.max_users is not None:
+        rng = np.random.default_rng(1234)
+        test = test.take(np.sort(rng.choice(len(test), min(cfg.max_users, len(test)), replace=False)))
+    rows = []
+    for name in cfg.baselines:
+        if name not in BASELINES:
+            raise ValueError(f"unknown baseline {name!r}; known: {sorted(BASELINES)}")
+        say(f"seed {seed}: baseline {name} (leave-one-out)")
+        t = time.perf_counter()
+        ranks = BASELINES[name](ds, split.train, split.valid, test, cfg, seed)
+        m = _metrics(ranks, np.ones(len(ranks), bool))
+        m["train_s"] = time.perf_counter() - t
+        rows.append(Row(f"LOO {name}", None, seed, m))
+    return rows
+
+
+def run(cfg: QualityConfig, say: Callable[[str], None] = lambda s: None
+        ) -> tuple[list[Row], list[dict[str, Any]]]:
+    ds = load_dataset(cfg.dataset)
+    say(ds.describe())
+    rows: list[Row] = []
+    infos = []
+    for seed in range(cfg.seeds):
+        seed_rows, info = run_seed(ds, cfg, seed, say)
+        rows += seed_rows
+        if cfg.baselines:
+            rows += run_baselines(ds, cfg, seed, say)
+        infos.append(info)
+    return rows, infos

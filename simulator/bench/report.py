@@ -1,0 +1,101 @@
+"""Tables, CSV and the plot for the quality harness (mean and std over seeds)."""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from simulator.bench.quality import Row
+
+COLUMNS = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "recall@list")
+ORDER = ("cloud-stale", "cloud-fresh", "device-only", "fusion", "always-fresh")
+
+
+def _key(r: Row) -> tuple[str, float | None]:
+    return (r.variant, r.ratio)
+
+
+def aggregate(rows: list[Row]) -> dict[tuple[str, float | None], dict[str, tuple[float, float]]]:
+    """(variant, ratio) -> metric -> (mean, std over seeds)."""
+    groups: dict[tuple[str, float | None], list[Row]] = defaultdict(list)
+    for r in rows:
+        groups[_key(r)].append(r)
+    out = {}
+    for key, rs in groups.items():
+        names = rs[0].metrics.keys()
+        out[key] = {n: (float(np.mean([r.metrics[n] for r in rs])),
+                        float(np.std([r.metrics[n] for r in rs]))) for n in names}
+    return out
+
+
+def _sort_key(key: tuple[str, float | None]) -> tuple[int, float, str]:
+    variant, ratio = key
+    if variant in ORDER:
+        return (0, ORDER.index(variant), "")
+    if variant.startswith("LOO"):
+        return (2, 0.0, variant)
+    return (1, ratio or 0.0, variant)
+
+
+def markdown(rows: list[Row]) -> str:
+    agg = aggregate(rows)
+    seeds = len({r.seed for r in rows})
+    fmt = (lambda m, s: f"{m:.4f} ± {s:.4f}") if seeds > 1 else (lambda m, s: f"{m:.4f}")
+    head = "| variant | requests | " + " | ".join(COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
+    for key in sorted(agg, key=_sort_key):
+        variant, ratio = key
+        m = agg[key]
+        if ratio is None:
+            req = {"cloud-fresh": "100%", "always-fresh": "100%"}.get(variant, "0%")
+            req = "-" if variant.startswith("LOO") else req
+            name = variant
+        else:
+            req = f"{m['measured_ratio'][0] * 100:.1f}%"
+            name = f"fusion + {variant} r={ratio * 100:.0f}%"
+        lines.append(f"| {name} | {req} | " + " | ".join(fmt(*m[c]) for c in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[Row], path: Path) -> None:
+    names = sorted({n for r in rows for n in r.metrics})
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["variant", "ratio", "seed", *names])
+        for r in rows:
+            w.writerow([r.variant, "" if r.ratio is None else r.ratio, r.seed,
+                        *[f"{r.metrics.get(n, float('nan')):.6f}" for n in names]])
+
+
+def plot(rows: list[Row], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    agg = aggregate(rows)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for variant, style in (("random", "o--"), ("disagreement", "s-")):
+        pts = sorted((k[1], v) for k, v in agg.items() if k[0] == variant)
+        if not pts:
+            continue
+        xs = [v["measured_ratio"][0] * 100 for _, v in pts]
+        ys = np.array([v["NDCG@10"][0] for _, v in pts])
+        sd = np.array([v["NDCG@10"][1] for _, v in pts])
+        ax.plot(xs, ys, style, label=f"fusion + {variant} requests")
+        ax.fill_between(xs, ys - sd, ys + sd, alpha=0.15)
+    for variant, color in (("cloud-stale", "grey"), ("always-fresh", "green"),
+                           ("device-only", "purple")):
+        if (variant, None) in agg:
+            ax.axhline(agg[(variant, None)]["NDCG@10"][0], color=color, ls=":", label=variant)
+    ax.set_xlabel("cloud requests (% of users)")
+    ax.set_ylabel("NDCG@10")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

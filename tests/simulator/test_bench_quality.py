@@ -1,0 +1,73 @@
+"""The quality harness on a small slice of MovieLens: its invariants, on real models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simulator.bench import report
+from simulator.bench.quality import QualityConfig, calibrate_threshold, run
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    cfg = QualityConfig(dataset="ml-100k", device_epochs=1, max_users=200,
+                        device_model={"dim": 16, "layers": 1, "heads": 1},
+                        baselines=("most-popular", "sasrec"),
+                        workdir=tmp_path_factory.mktemp("bench"))
+    rows, infos = run(cfg)
+    return cfg, rows, infos
+
+
+def get(rows, variant, ratio=None):  # type: ignore[no-untyped-def]
+    [r] = [r for r in rows if r.variant == variant and r.ratio == ratio]
+    return r.metrics
+
+
+def test_ratio_extremes_equal_the_bounds(bench) -> None:  # type: ignore[no-untyped-def]
+    _, rows, _ = bench
+    for variant in ("random", "disagreement"):
+        assert get(rows, variant, 1.0)["NDCG@10"] == pytest.approx(get(rows, "always-fresh")["NDCG@10"])
+        assert get(rows, variant, 0.0)["NDCG@10"] == pytest.approx(get(rows, "fusion")["NDCG@10"])
+        assert get(rows, variant, 0.0)["measured_ratio"] == 0.0
+        assert get(rows, variant, 1.0)["measured_ratio"] == 1.0
+    assert get(rows, "random", 0.2)["measured_ratio"] == pytest.approx(0.2)
+
+
+def test_every_metric_is_a_probability(bench) -> None:  # type: ignore[no-untyped-def]
+    _, rows, _ = bench
+    variants = {r.variant for r in rows}
+    assert {"cloud-stale", "cloud-fresh", "device-only", "fusion", "always-fresh", "random",
+            "disagreement", "LOO most-popular", "LOO sasrec"} <= variants
+    for r in rows:
+        for name in ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "recall@list"):
+            assert 0.0 <= r.metrics[name] <= 1.0, (r.variant, name)
+        assert r.metrics["HR@5"] <= r.metrics["HR@10"] <= r.metrics["HR@20"]
+        assert r.metrics["NDCG@10"] <= r.metrics["HR@10"]
+        assert r.metrics["HR@20"] <= r.metrics["recall@list"] + 1e-12
+
+
+def test_fusion_weights_come_from_the_grid(bench) -> None:  # type: ignore[no-untyped-def]
+    _, rows, infos = bench
+    assert 0.0 <= infos[0]["alpha_stale"] <= 1.0 and 0.0 <= infos[0]["alpha_fresh"] <= 1.0
+    # The fused list is a reordering of the same list: recall cannot change.
+    assert get(rows, "fusion")["recall@list"] == pytest.approx(get(rows, "cloud-stale")["recall@list"])
+
+
+def test_report_outputs(bench, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _, rows, _ = bench
+    table = report.markdown(rows)
+    assert "| cloud-stale |" in table and "fusion + disagreement r=5%" in table
+    report.write_csv(rows, tmp_path / "q.csv")
+    assert len((tmp_path / "q.csv").read_text().splitlines()) == len(rows) + 1
+    report.plot(rows, tmp_path / "q.png", "test")
+    assert (tmp_path / "q.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_threshold_calibration() -> None:
+    scores = np.linspace(0, 1, 101)
+    assert calibrate_threshold(scores, 0.0) == 1.0
+    assert calibrate_threshold(scores, 1.0) < 0
+    assert np.mean(scores > calibrate_threshold(scores, 0.2)) == pytest.approx(0.2, abs=0.01)
