@@ -16,7 +16,6 @@ Example::
     app = create_app(OpsState(service=svc, telemetry=Telemetry(), events=DeviceEventLog()))
 """
 
-from __future__ import annotations
 
 import logging
 import uuid
