@@ -16,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 
-Measure = Literal["footrule", "kendall", "rbo"]
+Measure = Literal["footrule", "kendall", "rbo", "coverage"]
 
 
 def _positions(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -95,12 +95,30 @@ def rank_biased_overlap(a: np.ndarray, b: np.ndarray, p: float = 0.9, depth: int
     return float(total / norm)
 
 
+def coverage_gap(device_top: np.ndarray, cloud_list: np.ndarray) -> float:
+    """Share of the device's best items (over the whole catalogue) missing from the cloud's list.
+
+    ``device_top`` (k,) the device model's top-k item ids given the fresh
+    history; ``cloud_list`` (C,) the cached candidates. 0 = the list already
+    holds everything the device would pick; 1 = none of it. Unlike the rank
+    measures, this sees what a stale list lacks, not only how it is ordered.
+    """
+    device_top = np.asarray(device_top)
+    if device_top.size == 0:
+        return 0.0
+    return float(1.0 - np.isin(device_top, np.asarray(cloud_list)).mean())
+
+
 def disagreement(a: np.ndarray, b: np.ndarray, measure: Measure = "footrule", top: int | None = None) -> float:
     """A disagreement score in [0, 1] (0 = the rankings agree) by the chosen measure.
 
     ``top`` restricts ``rbo`` to the first ``top`` positions; footrule and
-    Kendall compare whole permutations.
+    Kendall compare whole permutations. For ``coverage`` ``a`` is the cloud's
+    list and ``b`` the device's top items over the whole catalogue (see
+    :func:`coverage_gap`).
     """
+    if measure == "coverage":
+        return coverage_gap(b, a)
     if measure == "footrule":
         return footrule(a, b)
     if measure == "kendall":

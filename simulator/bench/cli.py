@@ -15,7 +15,8 @@ def cmd_quality(ns: argparse.Namespace) -> int:
 
     cfg = QualityConfig(dataset=ns.dataset, seeds=ns.seeds, cloud_backend=ns.cloud_backend,
                         device_epochs=ns.epochs, device_time_budget_s=ns.time_budget,
-                        max_users=ns.users, workdir=Path(ns.workdir),
+                        max_users=ns.users, workdir=Path(ns.workdir), measure=ns.measure,
+                        measure_top=ns.measure_top,
                         baselines=tuple(ns.baseline) if ns.baseline else QualityConfig.baselines)
     start = time.perf_counter()
 
@@ -48,6 +49,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--epochs", type=int, default=200, help="device-model epochs (early stopping)")
     q.add_argument("--time-budget", type=float, default=1200.0,
                    help="seconds of training per device model")
+    q.add_argument("--measure", default="rbo", choices=["rbo", "footrule", "kendall", "coverage"],
+                   help="disagreement signal the request policy thresholds")
+    q.add_argument("--measure-top", type=int, default=20,
+                   help="depth: rbo's prefix, or coverage's device top-k")
     q.add_argument("--users", type=int, help="evaluate a sample of this many users")
     q.add_argument("--baseline", action="append", help="LOO baselines (default: all)")
     q.add_argument("--workdir", default="runs/bench")

@@ -96,6 +96,19 @@ def _disagreements(items: np.ndarray, cloud: np.ndarray, srm: np.ndarray, measur
     return out
 
 
+def _coverage(histories: list[np.ndarray], items: np.ndarray, srm: Any, top: int,
+              n_items: int) -> np.ndarray:
+    """Per user: share of the device model's top-``top`` items (whole catalogue) absent from the list."""
+    out = np.empty(items.shape[0])
+    for lo, hi, scores in srm_full_scores(srm, histories):
+        scores[:, 0] = -np.inf
+        scores[seen_mask(histories[lo:hi], n_items)] = -np.inf
+        tops = np.argpartition(-scores, top, axis=1)[:, :top]
+        for j in range(lo, hi):
+            out[j] = disagreement(items[j], tops[j - lo], "coverage")
+    return out
+
+
 def _policy_requests(dis: np.ndarray, threshold: float) -> np.ndarray:
     """Ask the runtime's policy, user by user, whether this disagreement triggers a request."""
     policy = DisagreementPolicy(threshold=float(np.clip(threshold, 0.0, 1.0)))
@@ -190,8 +203,14 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
     alpha_stale = _best_alpha(v.stale_items, v.stale_cloud, v.stale_srm, v.targets)
     alpha_fresh = _best_alpha(v.fresh_items, v.fresh_cloud, v.fresh_srm, v.targets)
     info.update(alpha_stale=alpha_stale, alpha_fresh=alpha_fresh)
-    valid_dis = _disagreements(v.stale_items, v.stale_cloud, v.stale_srm, cfg.measure, cfg.measure_top)
-    test_dis = _disagreements(te.stale_items, te.stale_cloud, te.stale_srm, cfg.measure, cfg.measure_top)
+    if cfg.measure == "coverage":
+        valid_dis = _coverage(valid.histories, v.stale_items, srm, cfg.measure_top, ds.n_items)
+        test_dis = _coverage(test.histories, te.stale_items, srm, cfg.measure_top, ds.n_items)
+    else:
+        valid_dis = _disagreements(v.stale_items, v.stale_cloud, v.stale_srm, cfg.measure,
+                                   cfg.measure_top)
+        test_dis = _disagreements(te.stale_items, te.stale_cloud, te.stale_srm, cfg.measure,
+                                  cfg.measure_top)
 
     y = te.targets
     stale_in = (te.stale_items == y[:, None]).any(1)

@@ -50,3 +50,13 @@ def test_disagreement_bounds(measure: str) -> None:
         d = disagreement(a, b, measure)  # type: ignore[arg-type]
         assert 0.0 <= d <= 1.0
     assert disagreement(a, a, measure) == pytest.approx(0.0)  # type: ignore[arg-type]
+
+
+def test_coverage_gap() -> None:
+    from shared.agreement import coverage_gap
+
+    cloud = np.array([1, 2, 3, 4])
+    assert coverage_gap(np.array([2, 3]), cloud) == 0.0
+    assert coverage_gap(np.array([2, 9]), cloud) == pytest.approx(0.5)
+    assert coverage_gap(np.array([8, 9]), cloud) == 1.0
+    assert disagreement(cloud, np.array([9, 1]), "coverage") == pytest.approx(0.5)
