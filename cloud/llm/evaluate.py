@@ -1,0 +1,142 @@
+"""Offline figures for the generative backend: validity, ranking quality, latency.
+
+Leave-one-out test set (fresh history), full-catalogue metrics: the target's
+position in the returned list, a missing target a miss
+(:func:`shared.metrics.ranks_in_lists`). Every returned id is checked to be in
+``1..n_items`` and distinct. Progress is written to ``--out`` after every
+batch, so a long run that is stopped still reports how many users it covered.
+
+Usage::
+
+    python -m cloud.llm.evaluate --data beauty --model-dir runs/llm-beauty \\
+        --users 500 --seed 0 --count 20 --threads 1 --latency 50 --out runs/llm-beauty/eval.json
+    python -m cloud.llm.evaluate --data beauty --model-dir runs/llm-beauty --users all \\
+        --latency 0 --out runs/llm-beauty/validity.json      # the whole test set
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cloud import backends
+from shared.data import load_dataset
+from shared.metrics import ranks_in_lists, summarize
+from shared.splits import leave_one_out
+
+log = logging.getLogger(__name__)
+
+
+def check_lists(lists: np.ndarray, n_items: int) -> tuple[int, int]:
+    """(invalid ids, duplicate ids) in ``lists`` (B, C), where 0 pads short lists."""
+    real = lists[lists != 0]
+    invalid = int(((real < 1) | (real > n_items)).sum())
+    dups = sum(len(row[row != 0]) - len(np.unique(row[row != 0])) for row in lists)
+    return invalid, int(dups)
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    ds = load_dataset(args.data)
+    split = leave_one_out(ds)
+    model_dir = Path(args.model_dir)
+    if not (model_dir / backends.MANIFEST).is_file():
+        backends.train("llm", ds, split.train, model_dir, json.loads(args.options))
+    t0 = time.perf_counter()
+    gen = backends.load_generator(model_dir)
+    torch.set_num_threads(args.threads)  # the model's own setting must not win here
+    load_s = time.perf_counter() - t0
+    test = split.test
+    rng = np.random.default_rng(args.seed)
+    order = rng.permutation(len(test))
+    if args.users != "all":
+        order = order[: int(args.users)]
+    report: dict[str, Any] = {
+        "data": args.data, "model_dir": str(model_dir), "version": gen.version, "count": args.count,
+        "seed": args.seed, "threads": args.threads, "test_users": len(test), "load_s": round(load_s, 2),
+    }
+    lists = np.zeros((len(order), args.count), dtype=np.int64)
+    invalid = dups = short = 0
+    t0 = time.perf_counter()
+    batch = args.batch
+    done = 0
+    for start in range(0, len(order), batch):
+        idx = order[start : start + batch]
+        cands = gen.generate([test.histories[i] for i in idx], args.count, exclude_seen=True)
+        for j, c in enumerate(cands):
+            lists[start + j, : len(c.items)] = c.items
+            short += int(len(c.items) < args.count)
+        done = start + len(idx)
+        bad, dup = check_lists(lists[start:done], gen.n_items)
+        invalid, dups = invalid + bad, dups + dup
+        ranks = ranks_in_lists(lists[:done], test.targets[order[:done]])
+        elapsed = time.perf_counter() - t0
+        report.update({
+            "users_done": done, "invalid_ids": invalid, "duplicate_ids": dups, "short_lists": short,
+            "seconds": round(elapsed, 1), "seconds_per_user": round(elapsed / done, 3),
+            "metrics": {k: round(v, 5) for k, v in summarize(ranks).items()},
+            "load_average": list(np.round(_loadavg(), 2)),
+        })
+        if args.out:
+            _write(Path(args.out), report)
+        log.info("%d/%d users, %.2f s/user, invalid %d, %s", done, len(order), elapsed / done,
+                 invalid, report["metrics"])
+
+    if args.latency:
+        times = []
+        for i in order[: args.latency]:
+            t = time.perf_counter()
+            gen.generate([test.histories[i]], args.count, exclude_seen=True)
+            times.append((time.perf_counter() - t) * 1000.0)
+        report["latency_ms"] = {
+            "requests": len(times), "p50": round(float(np.percentile(times, 50)), 1),
+            "p99": round(float(np.percentile(times, 99)), 1), "mean": round(float(np.mean(times)), 1),
+        }
+        report["load_average_after"] = list(np.round(_loadavg(), 2))
+        if args.out:
+            _write(Path(args.out), report)
+    return report
+
+
+def _loadavg() -> tuple[float, float, float]:
+    try:
+        import os
+
+        return os.getloadavg()
+    except OSError:
+        return (float("nan"),) * 3
+
+
+def _write(path: Path, report: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default="beauty")
+    p.add_argument("--model-dir", required=True, help="trained llm directory; trained here if missing")
+    p.add_argument("--options", default="{}", help="JSON options for training when the directory is missing")
+    p.add_argument("--users", default="500", help="test users to rank (a fixed random sample), or 'all'")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--count", type=int, default=20, help="candidates per request")
+    p.add_argument("--batch", type=int, default=8, help="users per generate() call")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (oversubscribing a shared CPU is 10x slower)")
+    p.add_argument("--latency", type=int, default=50, help="single-user requests to time afterwards (0: none)")
+    p.add_argument("--out", default="", help="JSON report, rewritten after every batch")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    print(json.dumps(evaluate(args), indent=2))
+
+
+if __name__ == "__main__":
+    main()
