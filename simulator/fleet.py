@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 from device.client import Backoff, CloudClient
 from device.policy import RequestPolicy, make_policy
@@ -49,43 +49,15 @@ from device.reranker import Reranker
 from device.runtime import DeviceRuntime, RuntimeConfig
 from device.store import DeviceStore
 from shared.contract import Reason
+from simulator.clock import DeviceClock, FleetClock, rss_mb
+from simulator.faults import CloudControl, Fault
 from simulator.metering import MeteredClient, fleet_channels, wait_ready
 from simulator.metrics import TimeSeries, summarize
-from simulator.netem import LinkProfile, ProxyStats, ProxyThread, Window
+from simulator.netem import LinkProfile, ProxyStats, ProxyThread
 from simulator.recovery import RecoverySpread
 from simulator.workload import DeviceSpec, Driver, Workload
 
 log = logging.getLogger(__name__)
-
-FaultKind = Literal["cloud_down", "network_down"]
-
-
-@dataclass(frozen=True)
-class Fault:
-    kind: FaultKind
-    at_s: float  # simulated seconds from the start
-    duration_s: float
-
-    def validate(self) -> None:
-        if self.kind not in ("cloud_down", "network_down"):
-            raise ValueError(f"fault kind must be cloud_down or network_down, got {self.kind!r}")
-        if self.at_s < 0 or self.duration_s <= 0:
-            raise ValueError("fault at_s must be >= 0 and duration_s > 0")
-
-    @property
-    def window(self) -> Window:
-        return Window(self.at_s, self.at_s + self.duration_s)
-
-
-class CloudControl(Protocol):
-    """The cloud server process, for faults that kill it."""
-
-    def kill(self) -> None: ...
-
-    def restart(self) -> None:
-        """Start again on the same address; returns once serving."""
-        ...
-
 
 @dataclass(frozen=True)
 class FleetConfig:
@@ -157,55 +129,6 @@ class FleetResult:
             s["wire_bytes_up"] = float(self.proxy.bytes_up)
             s["wire_bytes_down"] = float(self.proxy.bytes_down)
         return s
-
-
-def rss_mb() -> tuple[float, float]:
-    """(current, peak) resident memory of this process in MiB (Linux /proc)."""
-    cur = peak = 0.0
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                cur = int(line.split()[1]) / 1024
-            elif line.startswith("VmHWM:"):
-                peak = int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return cur, peak
-
-
-class FleetClock:
-    """The fleet's simulated time: the newest dispatched event (sim) or scaled wall time (wall)."""
-
-    def __init__(self, mode: str = "sim", speed: float = 1.0) -> None:
-        self.mode = mode
-        self.speed = speed
-        self.now = 0.0
-        self._wall0 = time.monotonic()
-
-    def start(self, t: float) -> None:
-        self.now = t
-        self._wall0 = time.monotonic() - t / self.speed
-
-    def __call__(self) -> float:
-        if self.mode == "wall":
-            return (time.monotonic() - self._wall0) * self.speed
-        return self.now
-
-    def wall_delay(self, t: float) -> float:
-        """Wall seconds until simulated time ``t`` (wall mode)."""
-        return max(0.0, t / self.speed - (time.monotonic() - self._wall0))
-
-
-class DeviceClock:
-    """One device's clock: the simulated time of the event it is handling."""
-
-    __slots__ = ("now",)
-
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass(eq=False)

@@ -101,7 +101,7 @@ class _Link:
     wire_free: float = 0.0
 
 
-@dataclass
+@dataclass(eq=False)  # kept in a set: identity, not value
 class _Conn:
     writers: list[asyncio.StreamWriter] = field(default_factory=list)
 
@@ -147,15 +147,16 @@ class NetemProxy:
         return bound
 
     async def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
         if self._server is not None:
             self._server.close()
         for c in list(self._conns):
             c.abort()
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+        # Every other task on this loop is the proxy's (pumps, the watcher): end them all.
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
 
     async def _watch_outages(self) -> None:
         """Cut open connections when the link goes down (refuse mode); bounded 20 ms polling."""

@@ -29,8 +29,10 @@ from device.updates import update
 from shared.data import Dataset, load_dataset
 from shared.progress import Progress
 from shared.splits import TimeSplit, time_split
+from simulator.clock import single_threaded_blas
 from simulator.cloudproc import CloudProcess
-from simulator.fleet import CloudControl, Fleet, FleetConfig, FleetResult
+from simulator.faults import CloudControl
+from simulator.fleet import Fleet, FleetConfig, FleetResult
 from simulator.metrics import recovery_peak
 from simulator.report import write_report
 from simulator.scenario import Scenario, WorkloadSpec
@@ -128,6 +130,7 @@ def fetch_reranker(address: str, model_dir: Path) -> Reranker | None:
 def run_fleet(sc: Scenario, policy: str, address: str, workdir: Path, cloud: CloudControl | None = None,
               shard: int = 0, shards: int = 1, progress: bool = False) -> FleetResult:
     """One policy's fleet (or one shard of it) against the cloud at ``address``."""
+    single_threaded_blas()
     workload = scenario_workload(sc)
     reranker = fetch_reranker(address, Path(workdir) / "model")
     if reranker is None:

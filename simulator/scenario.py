@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from device.runtime import RuntimeConfig
-from simulator.fleet import Fault
+from simulator.faults import Fault
 from simulator.netem import LinkProfile
 from simulator.users import LatentUserConfig
 from simulator.workload import Surge

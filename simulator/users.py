@@ -30,6 +30,7 @@ Example::
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -116,15 +117,24 @@ def item_vectors(sequences: list[np.ndarray], n_items: int, dim: int = 32, seed:
     counts = np.bincount(rows, minlength=n_users).astype(np.float64)
     vals = 1.0 / np.sqrt(np.maximum(counts[rows], 1.0))
 
+    def grouped(keys: np.ndarray, n: int) -> Callable[[np.ndarray], np.ndarray]:
+        """out[g] = sum of rows of ``x`` whose key is g: a sparse product by sorted segments."""
+        order = np.argsort(keys, kind="stable")
+        groups, starts = np.unique(keys[order], return_index=True)
+
+        def apply(x: np.ndarray) -> np.ndarray:
+            out = np.zeros((n, x.shape[1]))
+            out[groups] = np.add.reduceat(x[order], starts, axis=0)
+            return out
+        return apply
+
+    by_user, by_item = grouped(rows, n_users), grouped(cols, n_items + 1)
+
     def xv(m: np.ndarray) -> np.ndarray:  # X (U, I) @ m (I, k)
-        out = np.zeros((n_users, m.shape[1]))
-        np.add.at(out, rows, vals[:, None] * m[cols])
-        return out
+        return by_user(vals[:, None] * m[cols])
 
     def xtv(m: np.ndarray) -> np.ndarray:  # X.T (I, U) @ m (U, k)
-        out = np.zeros((n_items + 1, m.shape[1]))
-        np.add.at(out, cols, vals[:, None] * m[rows])
-        return out
+        return by_item(vals[:, None] * m[rows])
 
     k = min(dim + 8, n_users, n_items)
     rng = np.random.default_rng(seed)
