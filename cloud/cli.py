@@ -168,6 +168,9 @@ def cmd_cloud_token(ns: argparse.Namespace) -> int:
 
 
 def cmd_cloud_keygen(ns: argparse.Namespace) -> int:
+    for existing in (ns.auth_secret, ns.signing_dir and Path(ns.signing_dir) / "signing.pem"):
+        if existing and Path(existing).exists():
+            raise ValueError(f"{existing} exists; refusing to overwrite a key")
     if ns.auth_secret:
         from cloud.auth import write_secret
 

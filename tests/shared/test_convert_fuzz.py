@@ -51,7 +51,7 @@ requests = st.builds(pb.GetCandidatesRequest, device_id=st.text(max_size=200), h
                      exclude_seen=st.booleans(), current_list_id=st.text(max_size=200))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, database=None)
 @given(st.binary(max_size=2048))
 def test_arbitrary_bytes_never_crash_request_handling(data: bytes) -> None:
     msg = pb.GetCandidatesRequest()
@@ -62,7 +62,7 @@ def test_arbitrary_bytes_never_crash_request_handling(data: bytes) -> None:
     check_request(msg)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, database=None)
 @given(requests)
 def test_arbitrary_requests_are_accepted_or_rejected_by_field(msg: pb.GetCandidatesRequest) -> None:
     check_request(msg)
@@ -81,7 +81,7 @@ def check_request(msg: pb.GetCandidatesRequest) -> None:
     assert req.history.min() >= 1 and req.history.max() <= Catalogue.n_items
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(st.lists(st.integers(1, 10**6), max_size=50), st.lists(st.floats(0, 2e9), max_size=50),
        st.integers(1, 500), st.sampled_from(list(Reason)), st.text(max_size=40))
 def test_request_round_trip(items: list[int], times: list[float], count: int, reason: Reason,
@@ -95,7 +95,7 @@ def test_request_round_trip(items: list[int], times: list[float], count: int, re
     assert back.timestamps.tolist() == req.timestamps.tolist()
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, database=None)
 @given(st.binary(max_size=2048))
 def test_arbitrary_responses_parse_or_fail_cleanly(data: bytes) -> None:
     for cls, convert in ((pb.GetCandidatesResponse, response_from_pb),
@@ -111,7 +111,7 @@ def test_arbitrary_responses_parse_or_fail_cleanly(data: bytes) -> None:
             pass
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, database=None)
 @given(st.lists(st.integers(1, 10**6), max_size=30), st.floats(allow_nan=False),
        st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=8), max_size=4),
        st.binary(max_size=64))
