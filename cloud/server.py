@@ -127,6 +127,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         self.events.record(req.device_id, req.history, req.timestamps)
         self.telemetry.observe_request(req.reason.label, int(req.history.size), req.count)
+        self.telemetry.observe_batch(1)  # this servicer answers each request with its own call
         return response_to_pb(resp)
 
     def GetDeviceModel(self, request: pb.GetDeviceModelRequest, context: grpc.ServicerContext
