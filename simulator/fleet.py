@@ -364,7 +364,9 @@ class Fleet:
         for dev in devices:
             if not dev.path.exists():
                 continue
-            conn = sqlite3.connect(str(dev.path))
+            # Read-only and immutable: nothing writes any more, and a plain connection's
+            # close would checkpoint and sync each file again.
+            conn = sqlite3.connect(f"file:{dev.path}?mode=ro&immutable=1", uri=True)
             try:
                 n = int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
             finally:
