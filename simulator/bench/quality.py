@@ -192,7 +192,10 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
     say(f"seed {seed}: training the device model (SASRec)")
     res = train_sasrec(split.train, ds.n_items,
                        TrainConfig(epochs=cfg.device_epochs, time_budget_s=cfg.device_time_budget_s,
-                                   seed=seed, model=cfg.device_model), work / "device")
+                                   seed=seed, model=cfg.device_model), work / "device",
+                       progress=lambda e, loss, m: say(
+                           f"seed {seed}: device epoch {e} loss {loss:.3f} "
+                           f"valid NDCG@10 {m.get('NDCG@10', 0.0):.4f}"))
     srm = load_sasrec(work / "device")
     info["device_train_s"] = time.perf_counter() - t
     info["device_best_epoch"] = res.best_epoch
