@@ -176,7 +176,7 @@ def test_schemathesis_finds_no_server_error(stack: Stack) -> None:
 
     def fuzz(mode: object, headers: dict[str, str]) -> None:
         @given(case=schema.as_strategy(generation_mode=mode))
-        @settings(max_examples=40, deadline=None, database=None,
+        @settings(max_examples=25, deadline=None, database=None,
                   suppress_health_check=list(HealthCheck))
         def run(case) -> None:  # type: ignore[no-untyped-def]
             case.headers = {**(case.headers or {}), **headers}
