@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -106,9 +107,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _loadavg() -> tuple[float, float, float]:
+    """The machine's 1/5/15-minute load: timings on a shared CPU mean little without it."""
     try:
-        import os
-
         return os.getloadavg()
     except OSError:
         return (float("nan"),) * 3
