@@ -238,3 +238,21 @@ def test_lora_step_changes_only_adapters_and_merges(lm: object, tok: object, tmp
     with torch.inference_mode():
         np.testing.assert_allclose(merged(x).logits.numpy(), model(x).logits.numpy(), atol=1e-3)
         assert not torch.allclose(merged(x).logits, lm(x).logits)
+
+
+def test_bad_options_fail_at_train_time(tmp_path: Path, synthetic_dataset: Dataset) -> None:
+    seqs = list(synthetic_dataset.sequences())
+    with pytest.raises(ValueError, match="unknown llm options"):
+        backends.train("llm", synthetic_dataset, seqs, tmp_path / "a", {"beams": 3})
+    with pytest.raises(ValueError, match="scoring"):
+        backends.train("llm", synthetic_dataset, seqs, tmp_path / "b", {"scoring": "sum"})
+    with pytest.raises(FileNotFoundError):
+        backends.train("llm", synthetic_dataset, seqs, tmp_path / "c", {"model": str(tmp_path / "none")})
+    assert not (tmp_path / "c" / backends.MANIFEST).exists()
+
+
+def test_evaluation_counts_invalid_and_duplicate_ids() -> None:
+    from cloud.llm.evaluate import check_lists
+
+    lists = np.array([[1, 2, 3, 0], [5, 5, 99, -1], [4, 0, 0, 0]])
+    assert check_lists(lists, n_items=10) == (2, 1)  # 99 and -1 invalid; 5 twice
