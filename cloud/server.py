@@ -211,6 +211,9 @@ def build_server(address: str, service: CandidateService, registry: ModelRegistr
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     telemetry.set_model("cloud", service.generator.version)
+    live = registry.current_version() if isinstance(registry, ModelRegistry) else None
+    if live is not None:
+        telemetry.set_model("device", live, registry.current_sequence())  # type: ignore[union-attr]
     return CloudServer(server, port, health_servicer, servicer, limiter, config, telemetry)
 
 

@@ -109,6 +109,7 @@ def test_health_readiness_and_metrics(stack: Stack) -> None:
     assert 'dcrec_grpc_requests_total{code="OK",method="GetCandidates"} 3' in text
     assert 'dcrec_grpc_latency_seconds_count{method="GetCandidates"} 3' in text
     assert 'dcrec_model_info{kind="cloud",version="c1"}' in text
+    assert 'dcrec_model_info{kind="device",version="d1"} 1' in text
     assert "dcrec_request_history_events_bucket" in text
     assert 'dcrec_batch_size_count 3' in text
     stack.grpc.limiter.draining.set()  # shutting down: load balancers must stop sending
