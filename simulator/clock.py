@@ -8,6 +8,7 @@ runtime and cloud client read: the time of the event the device is handling.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -74,3 +75,12 @@ def single_threaded_blas() -> None:
     except ImportError:
         return
     threadpool_limits(1, user_api="blas")
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) another process has used so far (Linux /proc), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import inspect
 import logging
 import random
 import shutil
@@ -81,6 +82,8 @@ class FleetConfig:
     shard: int = 0  # this process runs devices with index % shards == shard
     shards: int = 1
     verify: bool = True  # count each store's events at the end (lost events must be 0)
+    store_dir: Path | None = None  # device SQLite files; None = workdir/devices
+    cleanup_stores: bool = False  # delete them after the run (stores on tmpfs hold RAM)
 
     def validate(self) -> None:
         self.runtime.validate()
@@ -112,6 +115,8 @@ class FleetResult:
     rss_peak_mb: float
     proxy: ProxyStats | None = None
     faults: tuple[Fault, ...] = ()
+    cpu_s: float = 0.0  # CPU seconds this process (all its threads) used during the event loop
+    cloud_cpu_s: float | None = None  # ... and the cloud server process, when the run started it
 
     def summary(self) -> dict[str, float]:
         s = summarize(self.series)
@@ -125,6 +130,10 @@ class FleetResult:
             "memory_per_device_kib": (self.rss_peak_mb - self.rss_start_mb) * 1024 / self.devices
             if self.devices else 0.0,
         })
+        if s["events"]:
+            s["sim_cpu_ms_per_event"] = 1e3 * self.cpu_s / s["events"]
+            if self.cloud_cpu_s is not None:
+                s["cloud_cpu_ms_per_event"] = 1e3 * self.cloud_cpu_s / s["events"]
         if self.proxy is not None:
             s["wire_bytes_up"] = float(self.proxy.bytes_up)
             s["wire_bytes_down"] = float(self.proxy.bytes_down)
@@ -145,6 +154,13 @@ class SimDevice:
     busy: bool = False
 
 
+def _policy(name: str, threshold: float, seed: int) -> RequestPolicy:
+    """The device's policy; budgeted ones get a per-device seed so runs repeat exactly."""
+    if "seed" in inspect.signature(make_policy).parameters:
+        return make_policy(name, threshold, seed=seed)  # type: ignore[call-arg]
+    return make_policy(name, threshold)
+
+
 class Fleet:
     def __init__(self, workload: Workload, address: str, reranker: Reranker | None,
                  config: FleetConfig, cloud: CloudControl | None = None) -> None:
@@ -161,13 +177,15 @@ class Fleet:
         self._open: OrderedDict[int, SimDevice] = OrderedDict()
         self._lock = threading.Lock()  # worker threads open and evict devices
         self._evictions = 0
+        self.root = Path(config.store_dir) if config.store_dir else Path(config.workdir) / "devices"
+        self._template = self.root / ".empty.sqlite"
 
     # --- devices ------------------------------------------------------------------------------
     def _make_device(self, spec: DeviceSpec, address: str, channel: object, root: Path) -> SimDevice:
         cfg = self.config
         clock = DeviceClock(spec.start_s)
         rng = random.Random(f"{cfg.seed}:{spec.index}")
-        policy: RequestPolicy = make_policy(cfg.policy, cfg.threshold)
+        policy = _policy(cfg.policy, cfg.threshold, cfg.seed * 1_000_003 + spec.index)
         spread = RecoverySpread(policy, rng=random.Random(f"spread:{cfg.seed}:{spec.index}")) \
             if cfg.recovery_spread else None
         inner = CloudClient(address, deadline_s=cfg.deadline_s, channel=channel,  # type: ignore[arg-type]
@@ -184,6 +202,8 @@ class Fleet:
                 self._open.move_to_end(dev.spec.index)
             return rt
         fresh = not dev.path.exists()
+        if fresh:  # a copy of an empty store: the schema is made once per fleet, not per device
+            shutil.copyfile(self._template, dev.path)
         store = DeviceStore(dev.path)
         store.conn.execute(f"PRAGMA cache_size=-{self.config.sqlite_cache_kib}")
         if fresh and dev.spec.history.size:
@@ -249,14 +269,19 @@ class Fleet:
     # --- the run -------------------------------------------------------------------------------
     def run(self, progress: Callable[[float, int], None] | None = None) -> FleetResult:
         """Run to the end; ``progress(fraction of simulated time done, events so far)``."""
-        return asyncio.run(self._run(progress))
+        try:
+            return asyncio.run(self._run(progress))
+        finally:
+            if self.config.cleanup_stores:
+                shutil.rmtree(self.root, ignore_errors=True)
 
     async def _run(self, progress: Callable[[float, int], None] | None) -> FleetResult:
         cfg = self.config
         setup = time.perf_counter()
-        root = Path(cfg.workdir) / "devices"
+        root = self.root
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
+        DeviceStore(self._template).close()
         outages = [f.window for f in cfg.faults if f.kind == "network_down"]
         proxy = None
         address = self.address
@@ -277,6 +302,7 @@ class Fleet:
         rss_start, _ = rss_mb()
         setup_s = time.perf_counter() - setup
         start = time.perf_counter()
+        cpu0 = time.process_time()
         self.clock.start(heap[0][0] if heap else 0.0)
         horizon = self._horizon(devices.values())
         done = 0
@@ -331,9 +357,11 @@ class Fleet:
             if executor is not None:
                 executor.shutdown(wait=True)
             wall = time.perf_counter() - start
+            cpu = time.process_time() - cpu0
             _, rss_peak = rss_mb()
             for dev in devices.values():
                 self._close(dev)
+            self._template.unlink(missing_ok=True)
             for ch in channels:
                 ch.close()  # type: ignore[attr-defined]
             if proxy is not None:
@@ -344,7 +372,7 @@ class Fleet:
         deferred = sum(d.policy.deferred for d in devices.values() if isinstance(d.policy, RecoverySpread))
         return FleetResult(cfg.policy, self.series, len(devices), wall, setup_s, lost, deferred,
                            self._evictions, rss_start, rss_peak,
-                           replace(proxy.stats) if proxy else None, cfg.faults)
+                           replace(proxy.stats) if proxy else None, cfg.faults, cpu)
 
     def series_events(self) -> int:
         return sum(b.events for b in list(self.series.bins.values()))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +26,11 @@ import numpy as np
 
 from device.client import CloudClient
 from device.reranker import Reranker
-from device.updates import update
+from device.updates import load_installed, update
 from shared.data import Dataset, load_dataset
 from shared.progress import Progress
 from shared.splits import TimeSplit, time_split
-from simulator.clock import single_threaded_blas
+from simulator.clock import process_cpu_s, single_threaded_blas
 from simulator.cloudproc import CloudProcess
 from simulator.faults import CloudControl
 from simulator.fleet import Fleet, FleetConfig, FleetResult
@@ -108,10 +109,31 @@ def build_workload(sc: Scenario, ds: Dataset, split: TimeSplit) -> Workload:
     return UserWorkload(split, model, w.devices, w.duration_s, sc.seed, sc.surges)
 
 
+def store_dir(spec: str, policy: str, shard: int) -> tuple[Path | None, bool]:
+    """Where device files go, and whether to delete them after the run.
+
+    ``""``: beside the report (kept). ``"tmpfs"``: a fresh folder in
+    /dev/shm, deleted after the run: a fleet of phones does not queue its
+    fsyncs on one disk, and on one shared disk the per-device open, seed and
+    close (about 15 ms of fsync each) would dominate a large run. Anything
+    else: that folder (kept).
+    """
+    if not spec:
+        return None, False
+    if spec == "tmpfs":
+        shm = Path("/dev/shm")
+        if shm.is_dir():
+            return shm / f"dcrec-fleet-{os.getpid()}-{policy}-{shard}", True
+        log.warning("no /dev/shm here; device stores go beside the report")
+        return None, False
+    return Path(spec) / policy / f"shard{shard}", False
+
+
 def fleet_config(sc: Scenario, policy: str, workdir: Path, shard: int = 0, shards: int = 1) -> FleetConfig:
     f = sc.fleet
+    stores, cleanup = store_dir(f.store_dir, policy, shard)
     return FleetConfig(
-        workdir=Path(f.store_dir) / policy if f.store_dir else workdir, policy=policy,
+        workdir=workdir, store_dir=stores, cleanup_stores=cleanup, policy=policy,
         threshold=sc.threshold, runtime=sc.runtime, k=f.k, deadline_s=f.deadline_s, seed=sc.seed,
         clock=f.clock, speed=f.speed, concurrency=f.concurrency, channels=f.channels,
         max_open=f.max_open, bin_s=f.bin_s, recovery_spread=f.recovery_spread,
@@ -121,8 +143,8 @@ def fleet_config(sc: Scenario, policy: str, workdir: Path, shard: int = 0, shard
 def fetch_reranker(address: str, model_dir: Path) -> Reranker | None:
     """The device model as devices get it: from the cloud's registry (None when it hands out none)."""
     client = CloudClient(address, deadline_s=5.0)
-    try:
-        return update(client, "simulator", model_dir, None)
+    try:  # as a phone does: the model installed earlier, replaced only by a newer release
+        return update(client, "simulator", model_dir, load_installed(model_dir))
     finally:
         client.close()
 
@@ -142,7 +164,13 @@ def run_fleet(sc: Scenario, policy: str, address: str, workdir: Path, cloud: Clo
         bar.update(int(fraction * 1000), f"{events} events")
 
     fleet = Fleet(workload, address, reranker, fleet_config(sc, policy, workdir, shard, shards), cloud)
+    pid = cloud.proc.proc.pid if isinstance(cloud, ManagedCloud) and cloud.proc.proc else None
+    cloud_cpu = process_cpu_s(pid) if pid else None
     result = fleet.run(tick if bar else None)
+    if cloud_cpu is not None and isinstance(cloud, ManagedCloud) and cloud.proc.proc is not None:
+        after = process_cpu_s(cloud.proc.proc.pid)
+        if cloud.proc.proc.pid == pid and after is not None:  # a restarted server's CPU is not comparable
+            result.cloud_cpu_s = after - cloud_cpu
     if bar:
         bar.close()
     return result

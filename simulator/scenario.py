@@ -79,7 +79,7 @@ class FleetSpec:
     bin_s: float = 5.0  # simulated seconds per metrics bin
     recovery_spread: bool = True
     deadline_s: float = 2.0  # per call, wall-clock
-    store_dir: str = ""  # device SQLite files; "" = OUT/<policy>/devices
+    store_dir: str = ""  # device SQLite files: "" = OUT/<policy>/devices, "tmpfs" = /dev/shm (deleted after)
     k: int = 10
 
 
