@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 from pathlib import Path
 
 from shared.cliutil import data_args
@@ -39,6 +41,8 @@ def cmd_scenario(ns: argparse.Namespace) -> int:
     models = Models(cloud_model=None if ns.connect else cloud,
                     registry=registry if registry.is_dir() else None, connect=ns.connect)
     out = Path(ns.out or Path("runs/simulate") / sc.name)
+    # SIGTERM ends the run through the finally blocks, which stop the cloud server we started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     outcome = run_scenario(sc, models, out, shards=ns.shards, ray_address=ns.ray_address)
     print(f"scenario {sc.name}: {sc.description}")
     print(summary_table(outcome.results, sc.fleet.k))

@@ -12,7 +12,8 @@ back over about 30 s instead of at once; a device that never saw a failure is
 not affected.
 
 The client reports outcomes through :meth:`failed` / :meth:`succeeded`; the
-runtime only calls :meth:`decide`.
+runtime calls :meth:`decide`, and whatever else the wrapped policy offers
+(feedback on sent requests, state to persist) reaches it unchanged.
 
 Example::
 
@@ -51,6 +52,12 @@ class RecoverySpread:
             return reason
         self.deferred += 1
         return None
+
+    def __getattr__(self, attr: str) -> object:
+        """Everything else is the wrapped policy's (feedback, persisted state, budget)."""
+        if attr == "base":  # not set yet (copying, unpickling): no recursion
+            raise AttributeError(attr)
+        return getattr(self.base, attr)
 
     def failed(self, now: float) -> None:
         if self.down_since is None:

@@ -36,7 +36,9 @@ from simulator.scenario import Scenario  # noqa: E402
 _PLOTS: list[tuple[str, str, str, list[tuple[str, str]], bool]] = [
     ("quality", "Quality of the shown list", "", [("HR@{k}", "HR@{k}"), ("NDCG@{k}", "NDCG@{k}")], False),
     ("requests", "Requests per event", "request ratio", [("request_ratio", "ratio")], False),
-    ("load", "Cloud load", "requests per simulated second", [("cloud_qps", "QPS")], False),
+    ("load", "Cloud load", "calls per simulated second",
+     [("request_qps", "event-triggered"), ("failed_qps", "failed"), ("bootstrap_qps", "first lists")],
+     False),
     ("latency", "Request latency (wall clock)", "ms",
      [("latency_p50_ms", "p50"), ("latency_p99_ms", "p99")], True),
     ("bytes", "Payload bytes per bin", "bytes", [("bytes_up", "sent"), ("bytes_down", "received")], False),
@@ -80,6 +82,17 @@ def _plot(stem: str, title: str, ylabel: str, series: list[tuple[str, str]], log
                    label="surge")
     if log:
         ax.set_yscale("log")
+    elif stem == "load":
+        # A fleet coming online asks for its first lists at once; do not let that spike
+        # flatten the rest of the run (the CSV has the full figures).
+        rest = [float(row["request_qps"]) for r in results for row in r.series.rows()]
+        spike = max((float(row["bootstrap_qps"]) for r in results for row in r.series.rows()),
+                    default=0.0)
+        top = 1.5 * max(rest, default=0.0)
+        if top > 0 and spike > top:
+            ax.set_ylim(0, top)
+            ax.text(0.01, 0.97, f"first lists peak at {spike:.0f}/s (clipped)", transform=ax.transAxes,
+                    va="top", fontsize=8, color="tab:green")
     ax.set_title(title)
     ax.set_xlabel(f"simulated time ({unit})")
     ax.set_ylabel(ylabel)
@@ -105,7 +118,8 @@ def _fmt(v: float) -> str:
 
 SUMMARY_COLUMNS = ["HR@{k}", "NDCG@{k}", "request_ratio", "events", "requests", "failed_requests",
                    "cloud_qps_peak", "latency_p50_ms", "latency_p99_ms", "bytes_up", "bytes_down",
-                   "list_age_mean_s", "events_per_s", "memory_per_device_kib", "lost_events"]
+                   "list_age_mean_s", "events_per_s", "sim_cpu_ms_per_event", "cloud_cpu_ms_per_event",
+                   "memory_per_device_kib", "lost_events"]
 
 
 def summary_table(results: Sequence[FleetResult], k: int = 10, markdown: bool = True) -> str:
@@ -165,7 +179,7 @@ pre {{ background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.85em; }
 <h1>Fleet simulation: {html.escape(scenario.name)}</h1>
 <p>{html.escape(scenario.description)}</p>
 <h2>Summary</h2>
-{''.join(table)}
+<div style="overflow-x: auto">{''.join(table)}</div>
 {'<h2>Checks</h2><table><tr><th>check</th><th>value</th><th>limit</th><th></th></tr>' + check_rows + '</table>' if check_rows else ''}
 <h2>Over simulated time</h2>
 {imgs}

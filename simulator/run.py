@@ -7,14 +7,13 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from device.client import CloudClient
 from device.runtime import RuntimeConfig
-from device.updates import update
 from shared.data import load_dataset
 from shared.progress import Progress
 from shared.splits import time_split
 from simulator.cloudproc import CloudProcess
 from simulator.replay import ReplayConfig, ReplayResult, replay
+from simulator.runner import fetch_reranker
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +46,7 @@ def run_simulations(spec: SimulationSpec) -> list[ReplayResult]:
     address = spec.connect or server.address  # type: ignore[union-attr]
     results = []
     try:
-        client = CloudClient(address, deadline_s=5.0)
-        reranker = update(client, "simulator", Path(spec.workdir) / "model", None)
-        client.close()
+        reranker = fetch_reranker(address, Path(spec.workdir) / "model")
         if reranker is None:
             print("simulate: no device model from the cloud; showing the cloud's order",
                   file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -98,11 +99,13 @@ def test_wall_clock_paces_events(tmp_path: Path, cloud: CloudProcess) -> None:
         "name": "wall-test", "policies": ["never"],
         "workload": {"kind": "closed_loop", "devices": 10, "duration_s": 20.0},
         "users": {"event_gap_s": 2.0, "session_gap_s": 10.0},
-        "fleet": {"clock": "wall", "speed": 20.0, "bin_s": 5.0},
+        "fleet": {"clock": "wall", "speed": 20.0, "bin_s": 5.0, "store_dir": "tmpfs"},
     })
     start = time.perf_counter()
     r = run_fleet(sc, "never", cloud.address, tmp_path)
     elapsed = time.perf_counter() - start
+    assert r.lost_events == 0  # read back from the tmpfs files before they were removed
+    assert not list(Path("/dev/shm").glob(f"dcrec-fleet-{os.getpid()}-*"))
     assert r.summary()["events"] > 10
     assert 0.8 <= r.wall_s <= 5.0 and elapsed >= 0.8  # 20 simulated seconds at 20x: about 1 s
     last = max(float(row["t_rel_s"]) for row in r.series.rows())

@@ -34,3 +34,27 @@ def test_retries_spread_over_the_outage_seen() -> None:
     # Spread over roughly the 30 s outage, not bunched at its end.
     assert 8.0 < sum(first_retry) / len(first_retry) < 22.0
     assert max(first_retry) > 20.0 and min(first_retry) < 3.0
+
+
+def test_the_wrapped_policy_keeps_its_feedback_and_state() -> None:
+    class Budget:
+        name = "budget"
+
+        def __init__(self) -> None:
+            self.seen: list[tuple[Reason, bool, bool]] = []
+
+        def decide(self, s: PolicyInput) -> Reason | None:
+            return Reason.DISAGREEMENT
+
+        def observe(self, reason: Reason, sent: bool, ok: bool) -> None:
+            self.seen.append((reason, sent, ok))
+
+        def state(self) -> dict[str, float]:
+            return {"tokens": 1.5}
+
+    base = Budget()
+    p = RecoverySpread(base, rng=random.Random(0))
+    p.observe(Reason.DISAGREEMENT, True, False)  # type: ignore[attr-defined]
+    assert base.seen == [(Reason.DISAGREEMENT, True, False)]
+    assert p.state() == {"tokens": 1.5} and p.name == "budget"  # type: ignore[attr-defined]
+    assert not hasattr(RecoverySpread(AlwaysPolicy()), "state")
