@@ -164,13 +164,7 @@ def run_fleet(sc: Scenario, policy: str, address: str, workdir: Path, cloud: Clo
         bar.update(int(fraction * 1000), f"{events} events")
 
     fleet = Fleet(workload, address, reranker, fleet_config(sc, policy, workdir, shard, shards), cloud)
-    pid = cloud.proc.proc.pid if isinstance(cloud, ManagedCloud) and cloud.proc.proc else None
-    cloud_cpu = process_cpu_s(pid) if pid else None
     result = fleet.run(tick if bar else None)
-    if cloud_cpu is not None and isinstance(cloud, ManagedCloud) and cloud.proc.proc is not None:
-        after = process_cpu_s(cloud.proc.proc.pid)
-        if cloud.proc.proc.pid == pid and after is not None:  # a restarted server's CPU is not comparable
-            result.cloud_cpu_s = after - cloud_cpu
     if bar:
         bar.close()
     return result
@@ -220,6 +214,8 @@ def run_scenario(sc: Scenario, models: Models, out: Path, shards: int = 1,
     try:
         for policy in sc.policies:
             workdir = out / policy
+            pid = proc.proc.pid if proc is not None and proc.proc is not None else None
+            cpu_before = process_cpu_s(pid) if pid else None
             if shards > 1:
                 from simulator.distributed import run_sharded
 
@@ -227,6 +223,10 @@ def run_scenario(sc: Scenario, models: Models, out: Path, shards: int = 1,
             else:
                 result = run_fleet(sc, policy, address, workdir, ManagedCloud(proc) if proc else None,
                                    progress=progress)
+            if cpu_before is not None and proc is not None and proc.proc is not None \
+                    and proc.proc.pid == pid:  # a restarted server's CPU is not comparable
+                after = process_cpu_s(pid)
+                result.cloud_cpu_s = None if after is None else after - cpu_before
             outcome.results.append(result)
             outcome.checks.update(evaluate_checks(sc, result))
     finally:
