@@ -1,20 +1,38 @@
-"""Fusing cloud and device scores on a comparable scale.
+"""Fusing cloud and device scores on a comparable scale, with a per-device learned weight.
 
 Raw cloud scores (co-occurrence weights, log-probabilities) and device logits
-live on different scales, so both are mapped to ranks first:
-``rank_score = 1 - rank / (C - 1)`` in [0, 1], best item 1. The fused score is
-``alpha * cloud + (1 - alpha) * device``; ``alpha = 1`` keeps the cloud's order,
-``alpha = 0`` the device's.
+live on different scales, so both are mapped onto one first:
+
+* ``rank`` — ``1 - rank / (C - 1)`` in [0, 1], best item 1: only the order counts;
+* ``zscore`` — each side standardised within the list (mean 0, std 1): keeps
+  how *much* better one candidate is, which ranks throw away.
+
+The fused score is ``alpha * cloud + (1 - alpha) * device``; ``alpha = 1``
+keeps the cloud's order, ``alpha = 0`` the device's.
+
+:class:`AlphaLearner` adapts ``alpha`` per device from the user's own
+choices. Every time the user picks an item that was in the fused list, the
+device can say how well *each* of a few candidate weights ("arms") would have
+ranked it (full information, not a bandit's single pull), and exponentiated
+weights (Hedge) move towards the arms that ranked the user's choices highest.
+A prior centred on the configured weight keeps new devices at the default.
 
 Example::
 
     fused = fuse(cloud_scores, device_scores, alpha=0.5)   # (C,)
-    order = np.argsort(-fused, kind="stable")
+    learner = AlphaLearner(prior_alpha=0.5)
+    learner.update(cloud_scores, device_scores, chosen=3)  # index into the list
+    learner.alpha                                          # the device's weight now
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Literal
+
 import numpy as np
+
+Scale = Literal["rank", "zscore"]
 
 
 def rank_scores(scores: np.ndarray) -> np.ndarray:
@@ -34,10 +52,85 @@ def rank_scores(scores: np.ndarray) -> np.ndarray:
     return (1.0 - ranks / (c - 1)).astype(np.float32)
 
 
-def fuse(cloud_scores: np.ndarray, device_scores: np.ndarray, alpha: float) -> np.ndarray:
+def zscores(scores: np.ndarray) -> np.ndarray:
+    """(C,) scores standardised within the list; a constant list maps to zeros."""
+    s = np.asarray(scores, dtype=np.float64)
+    finite = np.isfinite(s)
+    if not finite.any():
+        return np.zeros(s.size, dtype=np.float32)
+    floor = s[finite].min()
+    s = np.where(finite, s, floor)  # -inf (e.g. a masked item) becomes the list's worst
+    std = s.std()
+    return ((s - s.mean()) / std if std > 0 else np.zeros_like(s)).astype(np.float32)
+
+
+def normalise(scores: np.ndarray, scale: Scale = "rank") -> np.ndarray:
+    if scale == "rank":
+        return rank_scores(scores)
+    if scale == "zscore":
+        return zscores(scores)
+    raise ValueError(f"unknown fusion scale {scale!r}; use rank or zscore")
+
+
+def fuse(cloud_scores: np.ndarray, device_scores: np.ndarray, alpha: float,
+         scale: Scale = "rank") -> np.ndarray:
     """(C,) fused scores; ``alpha`` in [0, 1] is the cloud's weight."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if cloud_scores.shape != device_scores.shape:
         raise ValueError(f"score shapes differ: {cloud_scores.shape} vs {device_scores.shape}")
-    return alpha * rank_scores(cloud_scores) + (1.0 - alpha) * rank_scores(device_scores)
+    return alpha * normalise(cloud_scores, scale) + (1.0 - alpha) * normalise(device_scores, scale)
+
+
+def rank_of(fused: np.ndarray, chosen: int) -> np.ndarray:
+    """0-based rank of item ``chosen`` under each row of ``fused`` (A, C); ties count against it."""
+    return (fused >= fused[:, chosen : chosen + 1]).sum(axis=1) - 1
+
+
+@dataclass
+class AlphaLearner:
+    """Hedge over a few fixed cloud weights, rewarded by NDCG@k of the user's actual choices."""
+
+    prior_alpha: float = 0.5  # where a new device starts
+    arms: tuple[float, ...] = (0.0, 0.2, 0.35, 0.5, 0.65, 0.8, 1.0)
+    eta: float = 2.0  # learning rate per unit of reward (NDCG gain in [0, 1])
+    prior_strength: float = 8.0  # log-weight penalty per unit squared distance from the prior
+    k: int = 10  # the choice counts when it would have been shown in the top k
+    scale: Scale = "rank"
+    log_w: np.ndarray = field(init=False)
+    updates: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        arms = np.asarray(self.arms, dtype=np.float64)
+        if arms.size < 1 or arms.min() < 0 or arms.max() > 1:
+            raise ValueError("arms must be weights in [0, 1]")
+        if not 0.0 <= self.prior_alpha <= 1.0:
+            raise ValueError(f"prior_alpha must be in [0, 1], got {self.prior_alpha}")
+        self.log_w = -self.prior_strength * (arms - self.prior_alpha) ** 2
+
+    @property
+    def alpha(self) -> float:
+        """The arm with the most weight (ties: the one nearest the prior)."""
+        arms = np.asarray(self.arms)
+        best = np.flatnonzero(self.log_w >= self.log_w.max() - 1e-12)
+        return float(arms[best[np.argmin(np.abs(arms[best] - self.prior_alpha))]])
+
+    def update(self, cloud_scores: np.ndarray, device_scores: np.ndarray, chosen: int) -> None:
+        """The user picked ``chosen`` (an index into the scored list): reward every arm."""
+        c = normalise(cloud_scores, self.scale).astype(np.float64)
+        d = normalise(device_scores, self.scale).astype(np.float64)
+        arms = np.asarray(self.arms, dtype=np.float64)[:, None]
+        ranks = rank_of(arms * c + (1 - arms) * d, chosen)
+        gain = np.where(ranks < self.k, 1.0 / np.log2(ranks + 2.0), 0.0)
+        self.log_w = self.log_w + self.eta * gain
+        self.log_w -= self.log_w.max()  # keep the numbers small; Hedge only needs differences
+        self.updates += 1
+
+    def state(self) -> dict[str, object]:
+        return {"log_w": self.log_w.tolist(), "updates": self.updates, "arms": list(self.arms)}
+
+    def load_state(self, state: dict[str, object]) -> None:
+        if list(state.get("arms", [])) != list(self.arms):  # type: ignore[call-overload]
+            return  # arms changed with a new configuration: start over from the prior
+        self.log_w = np.asarray(state["log_w"], dtype=np.float64)
+        self.updates = int(state.get("updates", 0))  # type: ignore[call-overload]

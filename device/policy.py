@@ -1,22 +1,48 @@
 """When should the device ask the cloud for a new list?
 
 A :class:`RequestPolicy` looks at the state after each event and returns the
-reason to request, or ``None``. Every policy requests on cold start (no list),
-on expiry (TTL) and when the list is mostly consumed; they differ in what
-else triggers a request:
+reason to request, or ``None``. A policy may also implement
+:class:`RequestFeedback`; the runtime then tells it whether the request it
+asked for was really sent (a client that is backing off sends nothing).
 
-* :class:`DisagreementPolicy` — the device's ranking of the cached candidates
-  has drifted from the cloud's by more than a threshold;
+Unbudgeted policies (request whenever their trigger fires):
+
+* :class:`DisagreementPolicy` — a fixed disagreement threshold, plus the
+  shared housekeeping (cold start, TTL expiry, consumed list);
 * :class:`AlwaysPolicy` — every event (the accuracy upper bound);
-* :class:`NeverPolicy` — nothing after the first list, not even expiry
-  (the lower bound).
+* :class:`NeverPolicy` — nothing after the first list, not even expiry.
+
+Budgeted policies (:mod:`device.budget`: a token bucket refilled by
+``target_ratio`` tokens per event caps the requests hard):
+
+* :class:`BudgetedPolicy` — the default: requests when the disagreement
+  between the cloud's and the device's ranking exceeds a threshold that
+  tracks the device's own score quantile, so about ``target_ratio`` of events
+  trigger; also when the list expired or is mostly consumed, and when the
+  bucket is full (a token left unused would be lost);
+* :class:`RandomPolicy` — requests at random events, same budget;
+* :class:`PeriodicPolicy` — every ``1 / target_ratio`` events, same budget.
+
+Budget rules, the same for all three: every request costs one token,
+housekeeping (EXPIRED, CONSUMED) included, so the cap holds whatever
+triggers it; only COLD_START (no list at all, nothing to show) is free, and a
+device has at most one cold start per successful list. A request the client
+never sent gets its token back; a sent request that failed keeps it spent
+(it cost the network), and the client's back-off stops a retry storm.
+
+Example::
+
+    policy = make_policy("budgeted", target_ratio=0.05)
+    reason = policy.decide(state)   # Reason.DISAGREEMENT, Reason.EXPIRED, ... or None
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+from device.budget import QuantileTracker, TokenBucket, random_phase
 from shared.contract import Reason
 
 
@@ -36,7 +62,14 @@ class RequestPolicy(Protocol):
     name: str
 
     def decide(self, state: PolicyInput) -> Reason | None:
-        """The reason to request now, or None to keep the cached list."""
+        """The reason to request now, or None to keep the cached list. Called once per event."""
+        ...
+
+
+@runtime_checkable
+class RequestFeedback(Protocol):
+    def observe(self, reason: Reason, sent: bool, ok: bool) -> None:
+        """What became of the request :meth:`RequestPolicy.decide` asked for."""
         ...
 
 
@@ -92,12 +125,143 @@ class NeverPolicy:
         return Reason.COLD_START if not s.has_list else None
 
 
-def make_policy(name: str, threshold: float = 0.95) -> RequestPolicy:
-    """Policy by name: ``disagreement``, ``always``, ``never``."""
+@dataclass
+class _Budgeted:
+    """Shared machinery: housekeeping and the bucket; subclasses supply :meth:`_trigger`."""
+
+    target_ratio: float = 0.05  # requests per event in the long run; the bucket's refill rate
+    capacity: float = 2.0  # tokens; the largest burst, and how long savings can wait
+    seed: int | None = None  # for the bucket's random start level (and random triggers)
+    housekeeping: Housekeeping = field(default_factory=Housekeeping)
+    spend_when_full: bool = True  # use a token that the next refill would waste
+    # Triggers aim at boost * target_ratio of events: a little more often than tokens
+    # arrive, so the bucket (not a trigger that happens to fire when it is empty)
+    # sets the ratio, and tokens rarely pile up to be spent on low-value events.
+    boost: float = 1.5
+    bucket: TokenBucket = field(init=False)
+    _pending: Reason | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.target_ratio <= 1.0:
+            raise ValueError(f"target_ratio must be in (0, 1], got {self.target_ratio}")
+        if self.boost < 1.0:
+            raise ValueError(f"boost must be >= 1, got {self.boost}")
+        self.bucket = TokenBucket(self.target_ratio, self.capacity,
+                                  initial=min(random_phase(self.seed), self.capacity))
+
+    @property
+    def trigger_ratio(self) -> float:
+        """The share of events the trigger aims to fire on."""
+        return min(self.target_ratio * self.boost, 0.99)
+
+    def _trigger(self, s: PolicyInput) -> Reason | None:
+        raise NotImplementedError
+
+    def decide(self, s: PolicyInput) -> Reason | None:
+        self.bucket.tick()
+        self._pending = None
+        chore = self.housekeeping.decide(s)
+        if chore is Reason.COLD_START:
+            return chore  # free: a device with no list has nothing to show
+        trigger = self._trigger(s)  # always evaluated, so calibration sees every event
+        reason = chore or trigger
+        if reason is None and self.spend_when_full and self.bucket.full:
+            reason = Reason.PERIODIC
+        if reason is None or not self.bucket.try_spend():
+            return None
+        self._pending = reason
+        return reason
+
+    def observe(self, reason: Reason, sent: bool, ok: bool) -> None:
+        if not sent and self._pending is not None and reason == self._pending:
+            self.bucket.refund()
+        self._pending = None
+
+    def state(self) -> dict[str, float]:
+        """What must survive a restart: a fresh bucket would hand out tokens twice."""
+        b = self.bucket
+        return {"tokens": b.tokens, "initial": b.initial, "events": b.events, "granted": b.granted}
+
+    def load_state(self, state: dict[str, float]) -> None:
+        b = self.bucket
+        b.initial = min(float(state["initial"]), b.capacity)
+        b.events, b.granted = int(state["events"]), int(state["granted"])
+        b.tokens = min(float(state["tokens"]), b.capacity)
+
+
+@dataclass
+class BudgetedPolicy(_Budgeted):
+    threshold: float = 0.95  # prior disagreement threshold; tracking moves it from here
+    step: float = 0.05  # tracking speed, in units of the scores' spread
+    name: str = "budgeted"
+    tracker: QuantileTracker = field(init=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.tracker = QuantileTracker(self.trigger_ratio, self.threshold, self.step)
+
+    def _trigger(self, s: PolicyInput) -> Reason | None:
+        if not s.has_list:
+            return None
+        return Reason.DISAGREEMENT if self.tracker.update(s.disagreement) else None
+
+    def state(self) -> dict[str, float]:
+        t = self.tracker
+        return {**super().state(), "threshold": t.threshold, "mean": t.mean if t.mean is not None
+                else float("nan"), "spread": t.spread, "seen": t.seen}
+
+    def load_state(self, state: dict[str, float]) -> None:
+        super().load_state(state)
+        t = self.tracker
+        t.threshold, t.spread, t.seen = float(state["threshold"]), float(state["spread"]), int(state["seen"])
+        mean = float(state["mean"])
+        t.mean = None if mean != mean else mean  # NaN: nothing seen yet
+
+
+@dataclass
+class RandomPolicy(_Budgeted):
+    name: str = "random"
+    _rng: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._rng = random.Random(None if self.seed is None else self.seed + 1)
+
+    def _trigger(self, s: PolicyInput) -> Reason | None:
+        return Reason.RANDOM if self._rng.random() < self.trigger_ratio else None
+
+
+@dataclass
+class PeriodicPolicy(_Budgeted):
+    name: str = "periodic"
+
+    def _trigger(self, s: PolicyInput) -> Reason | None:
+        due = s.events_since_request >= round(1.0 / self.target_ratio)
+        return Reason.PERIODIC if due else None
+
+
+POLICIES = ("disagreement", "always", "never", "budgeted", "random", "periodic")
+
+
+def make_policy(name: str, threshold: float = 0.95, target_ratio: float = 0.05,
+                seed: int | None = None, capacity: float = 2.0) -> RequestPolicy:
+    """Policy by name: one of :data:`POLICIES`.
+
+    ``threshold`` is the fixed threshold of ``disagreement`` and the prior of
+    ``budgeted``; ``target_ratio``, ``capacity`` and ``seed`` configure the
+    budgeted ones (``seed``: per device, for reproducible runs).
+    """
     if name == "disagreement":
         return DisagreementPolicy(threshold=threshold)
     if name == "always":
         return AlwaysPolicy()
     if name == "never":
         return NeverPolicy()
-    raise ValueError(f"unknown request policy {name!r}; choose disagreement, always or never")
+    if name == "budgeted":
+        return BudgetedPolicy(target_ratio=target_ratio, capacity=capacity, seed=seed,
+                              threshold=threshold)
+    if name == "random":
+        return RandomPolicy(target_ratio=target_ratio, capacity=capacity, seed=seed)
+    if name == "periodic":
+        return PeriodicPolicy(target_ratio=target_ratio, capacity=capacity, seed=seed)
+    raise ValueError(f"unknown request policy {name!r}; choose one of {', '.join(POLICIES)}")

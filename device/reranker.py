@@ -71,6 +71,7 @@ class OnnxReranker:
         self.max_len = max_len
         self.version = version
         self.size_bytes = len(data)
+        self._outputs = {o.name for o in self.session.get_outputs()}
 
     @classmethod
     def from_file(cls, path: str | Path, max_len: int, version: str | None = None,
@@ -81,12 +82,33 @@ class OnnxReranker:
     def score(self, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         if candidates.size == 0:
             return np.zeros(0, dtype=np.float32)
+        out = self.session.run(["scores"], {"history": self._history(history),
+                                            "candidates": np.asarray(candidates, dtype=np.int64)[None, :]})
+        return out[0][0]
+
+    def _history(self, history: np.ndarray) -> np.ndarray:
+        """(1, L) the newest ``max_len`` items; an empty history is one padding slot."""
         h = np.asarray(history, dtype=np.int64)[-self.max_len:]
         if h.size == 0:
             h = np.zeros(1, dtype=np.int64)
-        out = self.session.run(["scores"], {"history": h[None, :],
-                                            "candidates": np.asarray(candidates, dtype=np.int64)[None, :]})
-        return out[0][0]
+        return h[None, :]
+
+    @property
+    def has_embeddings(self) -> bool:
+        """Whether the model also outputs ``candidate_embeddings`` (for on-device adaptation)."""
+        return "candidate_embeddings" in self._outputs
+
+    def score_with_embeddings(self, history: np.ndarray,
+                              candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Scores (C,) and the candidates' embeddings (C, D), or None when the model has none."""
+        if not self.has_embeddings:
+            return self.score(history, candidates), None
+        c = np.asarray(candidates, dtype=np.int64)
+        if c.size == 0:
+            return np.zeros(0, dtype=np.float32), np.zeros((0, 0), dtype=np.float32)
+        scores, emb = self.session.run(["scores", "candidate_embeddings"],
+                                       {"history": self._history(history), "candidates": c[None, :]})
+        return scores[0], emb[0]
 
     def score_batch(self, histories: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """Scores (B, C) for left-padded ``histories`` (B, L) and ``candidates`` (B, C)."""

@@ -1,23 +1,30 @@
-"""The runtime an app embeds: record, rerank, fuse, decide, maybe refresh.
+"""The runtime an app embeds: record, learn, rerank, fuse, decide, maybe refresh.
 
 One :class:`DeviceRuntime` per user/device. On every behaviour event it
 
 1. appends the event to the local store (durable before anything else),
-2. reranks the cached cloud candidates with the on-device model and the
-   freshest history,
-3. fuses device and cloud scores (rank-normalised, weight ``alpha``),
-4. measures how far the device's ranking has drifted from the cloud's,
-5. asks its :class:`~device.policy.RequestPolicy` whether to fetch a new list,
+2. learns from the choice, when the chosen item was in the list it showed:
+   the per-device fusion weight (:class:`~device.fusion.AlphaLearner`) and the
+   per-user vector (:class:`~device.adapt.UserAdapter`), both optional,
+3. reranks the cached cloud candidates with the on-device model and the
+   freshest history (plus the user vector),
+4. fuses device and cloud scores (on a common scale, weight ``alpha``),
+5. measures how far the device's ranking has drifted from the cloud's,
+6. asks its :class:`~device.policy.RequestPolicy` whether to fetch a new list,
    and if so calls the cloud (with a deadline); on failure it keeps the cache.
+
+Learned per-device state (fusion weights, user vector, the request budget)
+is kept in the store's metadata, so a restarted app keeps its budget spent.
 
 Example::
 
-    rt = DeviceRuntime.open("u1.sqlite", reranker, CloudClient(addr), DisagreementPolicy())
+    rt = DeviceRuntime.open("u1.sqlite", reranker, CloudClient(addr), make_policy("budgeted"))
     shown = rt.record(item_id=42, ts=time.time()).items   # what the app shows next
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -26,9 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
+from device.adapt import UserAdapter
 from device.client import CloudClient, CloudRejected, CloudUnavailable
-from device.fusion import fuse
-from device.policy import NeverPolicy, PolicyInput, RequestPolicy
+from device.fusion import AlphaLearner, Scale, fuse
+from device.policy import NeverPolicy, PolicyInput, RequestFeedback, RequestPolicy
 from device.reranker import Reranker
 from device.store import CachedList, DeviceStore
 from shared.agreement import Measure, disagreement
@@ -46,12 +54,22 @@ class RuntimeConfig:
     exclude_seen: bool = True  # never show what the user already consumed
     measure: Measure = "rbo"  # how device/cloud disagreement is measured
     measure_top: int = 20  # depth of the comparison for rbo: the part of the list users see
+    scale: Scale = "rank"  # how cloud and device scores are made comparable before fusion
+    learn_alpha: bool = False  # adapt alpha per device from the user's choices (starts at alpha)
+    adapt: bool = False  # learn a per-user vector on the device (needs a model with embeddings)
+    adapt_lr: float = 0.5
+    adapt_decay: float = 0.05  # per choice: how fast the user vector forgets
+    persist_every: int = 20  # events between saves of the learned state (also saved on close)
 
     def validate(self) -> None:
         if self.candidates < 1 or self.show < 1 or self.history_window < 1:
             raise ValueError("candidates, show and history_window must be >= 1")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.scale not in ("rank", "zscore"):
+            raise ValueError(f"scale must be rank or zscore, got {self.scale!r}")
+        if self.persist_every < 1:
+            raise ValueError("persist_every must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -63,6 +81,17 @@ class Recommendation:
     request_ok: bool
     disagreement: float
     list_age_s: float
+
+
+@dataclass
+class _Scored:
+    """The last reranked list: ``items`` (C,); cloud, device (as fused) and raw model scores (C,); ``emb`` (C, D)."""
+
+    items: np.ndarray
+    cloud: np.ndarray
+    device: np.ndarray
+    raw: np.ndarray
+    emb: np.ndarray | None
 
 
 class DeviceRuntime:
@@ -82,8 +111,13 @@ class DeviceRuntime:
         self.requests = 0
         self.failed_requests = 0
         self.events_since_request = 0
+        self.alpha_learner = (AlphaLearner(prior_alpha=self.config.alpha, scale=self.config.scale)
+                              if self.config.learn_alpha else None)
+        self.adapter: UserAdapter | None = None
         self._shown = np.zeros(0, dtype=np.int64)
         self._disagreement = 0.0
+        self._last: _Scored | None = None
+        self._load_state()
         if self.cached is not None:
             self._rerank()
 
@@ -94,17 +128,29 @@ class DeviceRuntime:
         store = DeviceStore(path)
         return cls(device_id or Path(path).stem, store, reranker, client, policy, config, clock)
 
+    @property
+    def alpha(self) -> float:
+        """The cloud's fusion weight in use now (learned per device when ``learn_alpha``)."""
+        return self.alpha_learner.alpha if self.alpha_learner else self.config.alpha
+
     # --- the event path ---------------------------------------------------------------------
     def record(self, item_id: int, ts: float | None = None) -> Recommendation:
         """Handle one behaviour event; returns what to show next."""
         now = self.clock() if ts is None else ts
         self.store.append(item_id, now)  # durable first: nothing below may lose it
         self.events_since_request += 1
+        self._learn(int(item_id))
         self._rerank()
         reason = self.policy.decide(self._policy_input(now))
         ok = False
         if reason is not None:
+            sent_before = self.requests
             ok = self.refresh(reason, now)
+            if isinstance(self.policy, RequestFeedback):
+                self.policy.observe(reason, self.requests > sent_before, ok)
+            self._save_state()
+        elif self.store.event_count() % self.config.persist_every == 0:
+            self._save_state()
         return Recommendation(self._shown[: self.config.show].copy(), reason, ok,
                               self._disagreement, self.cached.age(now) if self.cached else 0.0)
 
@@ -143,6 +189,24 @@ class DeviceRuntime:
         self._rerank()
         return True
 
+    # --- learning from the user's choices ------------------------------------------------------
+    def _learn(self, item: int) -> None:
+        last = self._last
+        if last is None or last.items.size == 0:
+            return
+        hit = np.flatnonzero(last.items == item)
+        if self.alpha_learner is not None and hit.size:
+            self.alpha_learner.update(last.cloud, last.device, int(hit[0]))
+        if self.adapter is not None and last.emb is not None:
+            if hit.size:
+                chosen = last.emb[hit[0]]
+            else:  # a choice from outside the list still says where the user's taste is
+                _, emb = self.reranker.score_with_embeddings(  # type: ignore[union-attr]
+                    self.store.recent(self.config.history_window), np.array([item]))
+                chosen = emb[0] if emb is not None and emb.shape[0] else None
+            if chosen is not None:
+                self.adapter.update(last.raw, last.emb, chosen)
+
     # --- internals ----------------------------------------------------------------------------
     def _live_candidates(self) -> tuple[np.ndarray, np.ndarray]:
         assert self.cached is not None
@@ -153,19 +217,36 @@ class DeviceRuntime:
             items, scores = items[keep], scores[keep]
         return items, scores
 
+    def _device_scores(self, history: np.ndarray,
+                       items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(adjusted scores, raw model scores, embeddings or None) for ``items`` (C,)."""
+        assert self.reranker is not None
+        if not self.config.adapt:
+            scores = self.reranker.score(history, items)
+            return scores, scores, None
+        score_emb = getattr(self.reranker, "score_with_embeddings", None)
+        scores, emb = score_emb(history, items) if score_emb else (self.reranker.score(history, items), None)
+        if emb is None:
+            return scores, scores, None  # the model ships no embeddings: nothing to adapt
+        if self.adapter is None or self.adapter.dim != emb.shape[1]:
+            self.adapter = UserAdapter(emb.shape[1], lr=self.config.adapt_lr, decay=self.config.adapt_decay)
+            self._load_adapter_state()
+        return self.adapter.adjust(scores, emb), scores, emb
+
     def _rerank(self) -> None:
         if self.cached is None:
             self._shown = np.zeros(0, dtype=np.int64)
-            self._disagreement = 0.0
+            self._disagreement, self._last = 0.0, None
             return
         items, cloud_scores = self._live_candidates()
         if items.size == 0 or self.reranker is None:
-            self._shown, self._disagreement = items, 0.0
+            self._shown, self._disagreement, self._last = items, 0.0, None
             return
         history = self.store.recent(self.config.history_window)
-        device_scores = self.reranker.score(history, items)
-        fused = fuse(cloud_scores, device_scores, self.config.alpha)
+        device_scores, raw, emb = self._device_scores(history, items)
+        fused = fuse(cloud_scores, device_scores, self.alpha, self.config.scale)
         self._shown = items[np.argsort(-fused, kind="stable")]
+        self._last = _Scored(items, cloud_scores, device_scores, raw, emb)
         cloud_order = items[np.argsort(-cloud_scores, kind="stable")]
         device_order = items[np.argsort(-device_scores, kind="stable")]
         self._disagreement = disagreement(cloud_order, device_order, self.config.measure,
@@ -179,5 +260,32 @@ class DeviceRuntime:
                            total=c.items.size if c else 0, disagreement=self._disagreement,
                            events_since_request=self.events_since_request)
 
+    # --- learned state in the store -------------------------------------------------------------
+    def _load_state(self) -> None:
+        raw = self.store.get_meta("runtime_state")
+        state = json.loads(raw) if raw else {}
+        policy_state = state.get("policy", {})
+        if policy_state.get("name") == getattr(self.policy, "name", None) and hasattr(self.policy, "load_state"):
+            self.policy.load_state(policy_state["state"])
+        if self.alpha_learner is not None and "alpha" in state:
+            self.alpha_learner.load_state(state["alpha"])
+        self._adapter_state = state.get("adapter")
+
+    def _load_adapter_state(self) -> None:
+        if self.adapter is not None and self._adapter_state:
+            self.adapter.load_state(self._adapter_state)
+
+    def _save_state(self) -> None:
+        state: dict[str, object] = {}
+        if hasattr(self.policy, "state"):
+            state["policy"] = {"name": self.policy.name, "state": self.policy.state()}
+        if self.alpha_learner is not None:
+            state["alpha"] = self.alpha_learner.state()
+        if self.adapter is not None:
+            state["adapter"] = self.adapter.state()
+        if state:
+            self.store.set_meta("runtime_state", json.dumps(state))
+
     def close(self) -> None:
+        self._save_state()
         self.store.close()

@@ -1,8 +1,17 @@
-"""Export a trained reranker to ONNX with dynamic batch, history and candidate axes.
+"""Export any device reranker to ONNX with dynamic batch, history and candidate axes.
 
-The graph takes ``history`` (B, L) int64 and ``candidates`` (B, C) int64 and
-returns ``scores`` (B, C) float32. After export the file is checked against
-torch on random inputs with ONNX Runtime.
+The graph takes ``history`` (B, L) int64 (left-padded) and ``candidates``
+(B, C) int64 and returns ``scores`` (B, C) float32 plus
+``candidate_embeddings`` (B, C, D) float32, the candidates' rows of the item
+embedding table, which the device's per-user adaptation works in (so no side
+file travels with the model). After export the file is checked against torch
+on random inputs with ONNX Runtime. :func:`quantize_int8` writes an int8
+variant (weights quantised, activations quantised on the fly).
+
+Example::
+
+    export_onnx(model, "runs/dev/model.onnx")        # raises if ONNX and torch differ > 1e-4
+    quantize_int8("runs/dev/model.onnx", "runs/dev/model.int8.onnx")
 """
 
 from __future__ import annotations
@@ -12,29 +21,42 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from device.training.sasrec import CandidateScorer, SASRec
+from torch import nn
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
+OUTPUTS = ["scores", "candidate_embeddings"]
 
 
-def export_onnx(model: SASRec, path: str | Path, check: bool = True) -> Path:
+class ExportedScorer(nn.Module):
+    """The exported graph: (history (B, L), candidates (B, C)) -> (scores (B, C), embeddings (B, C, D))."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, history: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.score(history, candidates), self.model.item_emb(candidates)
+
+
+def export_onnx(model: nn.Module, path: str | Path, check: bool = True) -> Path:
+    """Write ``model`` (any architecture in :mod:`device.training.archs`) to ``path`` as ONNX."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A fresh wrapper starts in training mode, and export restores the wrapper's
     # mode afterwards, which would switch dropout on in ``model``: set eval on both.
-    scorer = CandidateScorer(model).eval()
-    n = model.cfg.n_items
-    history = torch.randint(1, n + 1, (2, model.cfg.max_len))
+    scorer = ExportedScorer(model).eval()
+    n, max_len = model.cfg.n_items, model.cfg.max_len
+    history = torch.randint(1, n + 1, (2, max_len))
     candidates = torch.randint(1, n + 1, (2, 7))
     torch.onnx.export(
         scorer, (history, candidates), str(path),
-        input_names=["history", "candidates"], output_names=["scores"],
+        input_names=["history", "candidates"], output_names=OUTPUTS,
         dynamic_axes={"history": {0: "batch", 1: "history_len"},
                       "candidates": {0: "batch", 1: "n_candidates"},
-                      "scores": {0: "batch", 1: "n_candidates"}},
+                      "scores": {0: "batch", 1: "n_candidates"},
+                      "candidate_embeddings": {0: "batch", 1: "n_candidates"}},
         opset_version=OPSET, dynamo=False,
     )
     model.eval()
@@ -46,20 +68,37 @@ def export_onnx(model: SASRec, path: str | Path, check: bool = True) -> Path:
     return path
 
 
-def parity_error(model: SASRec, path: str | Path, seed: int = 0) -> float:
-    """Largest absolute score difference between torch and ONNX Runtime on random inputs."""
+def parity_error(model: nn.Module, path: str | Path, seed: int = 0) -> float:
+    """Largest absolute score difference between torch and ONNX Runtime on random inputs.
+
+    Covers a full-length history, short and left-padded ones, one candidate,
+    and a history longer than ``max_len`` is not fed (the runtime cuts it).
+    """
     import onnxruntime as ort
 
     rng = np.random.default_rng(seed)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst = 0.0
-    n = model.cfg.n_items
-    for b, length, c in [(1, model.cfg.max_len, 100), (3, 5, 20), (2, model.cfg.max_len, 1)]:
+    n, max_len = model.cfg.n_items, model.cfg.max_len
+    for b, length, c in [(1, max_len, 100), (3, 5, 20), (2, max_len, 1), (4, 1, 9)]:
         hist = rng.integers(1, n + 1, (b, length))
         hist[0, : length // 2] = 0  # a left-padded row
+        if b > 2:
+            hist[-1, :] = 0  # an empty history
         cand = rng.integers(1, n + 1, (b, c))
         with torch.no_grad():
             ref = model.score(torch.from_numpy(hist), torch.from_numpy(cand)).numpy()
-        got = sess.run(["scores"], {"history": hist, "candidates": cand})[0]
-        worst = max(worst, float(np.abs(ref - got).max()))
+            ref_emb = model.item_emb(torch.from_numpy(cand)).numpy()
+        got, emb = sess.run(OUTPUTS, {"history": hist, "candidates": cand})
+        worst = max(worst, float(np.abs(ref - got).max()), float(np.abs(ref_emb - emb).max()))
     return worst
+
+
+def quantize_int8(src: str | Path, dst: str | Path) -> Path:
+    """Write a dynamically quantised (int8 weights) copy of ``src`` to ``dst``."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    dst = Path(dst)
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    log.info("int8 model %s: %d bytes (float32 %d)", dst, dst.stat().st_size, Path(src).stat().st_size)
+    return dst

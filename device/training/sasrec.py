@@ -118,6 +118,10 @@ class SASRec(nn.Module):
         h = self.encode(history)[:, -1]  # (B, D), the newest position
         return (self.item_emb(candidates) * h[:, None, :]).sum(-1)
 
+    def full_scores(self, history: torch.Tensor) -> torch.Tensor:
+        """Scores (B, N+1) of the whole catalogue after the newest position (column 0 is padding)."""
+        return self.encode(history)[:, -1] @ self.item_emb.weight.T
+
 
 class CandidateScorer(nn.Module):
     """The exported graph: (history (B, L), candidates (B, C)) -> scores (B, C)."""

@@ -1,0 +1,128 @@
+"""The two halves of a request budget: a hard cap and a self-calibrating threshold.
+
+:class:`TokenBucket` enforces the budget: every event adds ``rate`` tokens (the
+target request ratio), the bucket holds at most ``capacity``, and a request
+costs one whole token. However the trigger behaves, after ``n`` events at most
+``initial + rate * n`` requests were granted — a hard guarantee, checked on
+every grant.
+
+:class:`QuantileTracker` calibrates the trigger online: it tracks the score
+above which a ``target`` share of the device's own recent scores fall
+(stochastic-approximation quantile tracking, step scaled by the scores'
+spread), starting from a prior threshold. No test set, no fleet-wide tuning.
+
+Example::
+
+    bucket = TokenBucket(rate=0.05, capacity=2.0)
+    tracker = QuantileTracker(target=0.05, threshold=0.9)
+    for score in scores:
+        bucket.tick()
+        over = tracker.update(score)          # was this score above the threshold?
+        if over and bucket.try_spend():
+            ...request...
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+
+class BudgetExceeded(AssertionError):
+    """Raised if the bucket's invariant breaks: a bug, never an operating condition."""
+
+
+@dataclass
+class TokenBucket:
+    rate: float  # tokens added per event: the long-run request ratio
+    capacity: float = 2.0  # most tokens held; bounds a burst of requests
+    initial: float = 0.0  # tokens at start
+    tokens: float = field(init=False)
+    events: int = field(default=0, init=False)
+    granted: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.rate <= 1.0:
+            raise ValueError(f"rate must be in [0, 1] tokens per event, got {self.rate}")
+        if self.capacity < 1.0:
+            raise ValueError(f"capacity must be >= 1 token (one request), got {self.capacity}")
+        if not 0.0 <= self.initial <= self.capacity:
+            raise ValueError(f"initial must be in [0, capacity], got {self.initial}")
+        self.tokens = float(self.initial)
+
+    @property
+    def allowance(self) -> float:
+        """The most requests the budget allows so far: ``initial + rate * events``."""
+        return self.initial + self.rate * self.events
+
+    def tick(self) -> None:
+        """One event happened: refill, up to ``capacity`` (overflow is lost)."""
+        self.events += 1
+        self.tokens = min(self.capacity, self.tokens + self.rate)
+
+    @property
+    def full(self) -> bool:
+        """True when the next refill would overflow, i.e. waiting wastes budget."""
+        return self.tokens + self.rate > self.capacity
+
+    def can_spend(self) -> bool:
+        return self.tokens >= 1.0
+
+    def try_spend(self) -> bool:
+        """Take one token if there is one; returns whether the request may go."""
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        self.granted += 1
+        if self.granted > self.allowance + 1e-9:
+            raise BudgetExceeded(f"{self.granted} requests granted, allowance {self.allowance:.3f}")
+        return True
+
+    def refund(self) -> None:
+        """Give back the token of a request that was never sent (e.g. the client is backing off)."""
+        if self.granted == 0:
+            raise BudgetExceeded("refund without a grant")
+        self.granted -= 1
+        self.tokens = min(self.capacity, self.tokens + 1.0)
+
+
+def random_phase(seed: int | None = None) -> float:
+    """A start level in [0, 1): over many devices the expected grants equal ``rate * events`` exactly.
+
+    A device whose bucket starts empty cannot request before ``1 / rate``
+    events; one that starts with a full token over-spends on short streams.
+    A uniform start splits the difference without bias (E[floor(U + x)] = x).
+    """
+    return random.Random(seed).random()
+
+
+@dataclass
+class QuantileTracker:
+    target: float  # share of scores that should lie above the threshold
+    threshold: float  # the prior: where tracking starts (e.g. shipped with the model)
+    step: float = 0.05  # learning rate, in units of the scores' spread
+    spread_decay: float = 0.05  # EWMA weight of the newest |score - mean|
+    mean: float | None = field(default=None, init=False)
+    spread: float = field(default=0.0, init=False)
+    seen: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.target < 1.0:
+            raise ValueError(f"target must be in (0, 1), got {self.target}")
+        if self.step <= 0:
+            raise ValueError(f"step must be > 0, got {self.step}")
+
+    def update(self, score: float) -> bool:
+        """Feed one score; returns whether it lay above the threshold before the update."""
+        over = score > self.threshold
+        if self.mean is None:
+            self.mean, self.spread = score, abs(score - self.threshold)
+        else:
+            d = self.spread_decay
+            self.spread = (1 - d) * self.spread + d * abs(score - self.mean)
+            self.mean = (1 - d) * self.mean + d * score
+        self.seen += 1
+        # Robbins-Monro on P(score > threshold) = target: up after an exceedance, down otherwise.
+        self.threshold += self.step * max(self.spread, 1e-6) * ((1.0 if over else 0.0) - self.target) / \
+            max(self.target, 1.0 - self.target)
+        return over
