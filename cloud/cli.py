@@ -1,4 +1,4 @@
-"""``dcrec cloud ...``: train, serve and publish."""
+"""``dcrec cloud ...``: train, evaluate, serve, benchmark and publish."""
 
 from __future__ import annotations
 
@@ -37,12 +37,40 @@ def _write_ready(path: str | None, port: int) -> None:
         tmp.replace(path)
 
 
+def _batching(ns: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The batch settings from the serve flags, or None (each call alone) for a max size of 1."""
+    from cloud.batching import BatchConfig
+
+    if ns.batch_max_size < 1:
+        raise ValueError(f"--batch-max-size must be >= 1, got {ns.batch_max_size}")
+    if ns.batch_max_size == 1:
+        return None
+    cfg = BatchConfig(max_batch_size=ns.batch_max_size, max_wait_ms=ns.batch_max_wait_ms,
+                      max_queue=ns.batch_queue, threads=ns.batch_threads)
+    cfg.validate()
+    return cfg
+
+
+def _serve_replicas(ns: argparse.Namespace) -> int:
+    from cloud.replicas import Replicas
+
+    replicas = Replicas(ns, ns.processes, ns.address, ns.ready_file, ns.http_address,
+                        ns.http_ready_file)
+    port = replicas.start()
+    print(f"serving on port {port} with {ns.processes} processes", file=sys.stderr, flush=True)
+    if replicas.http_ports:
+        print(f"operator HTTP on ports {', '.join(map(str, replicas.http_ports))}",
+              file=sys.stderr, flush=True)
+    return replicas.wait(ns.grace + 10.0)
+
+
 def cmd_cloud_serve(ns: argparse.Namespace) -> int:
     from cloud.backends import load_generator
     from cloud.registry import CloudModelRegistry, ModelRegistry
     from cloud.server import ServerConfig, TlsConfig, serve
     from cloud.service import CandidateService, ServiceConfig
 
+    batching = _batching(ns)
     cert, key = _tls_paths(ns)
     if not ns.insecure and (cert is None or ns.auth_secret is None):
         raise ValueError("a production server needs --tls-cert/--tls-key and --auth-secret; "
@@ -59,6 +87,8 @@ def cmd_cloud_serve(ns: argparse.Namespace) -> int:
         model_dir = Path(ns.model_dir)
     else:
         raise ValueError("give --model-dir or --cloud-registry")
+    if ns.processes != 1:  # checked above, in the parent, so a bad flag fails before any spawn
+        return _serve_replicas(ns)
     generator = load_generator(model_dir)
     service = CandidateService(generator, ServiceConfig(ttl_seconds=ns.ttl))
     signer = None
@@ -73,9 +103,11 @@ def cmd_cloud_serve(ns: argparse.Namespace) -> int:
 
         authority = TokenAuthority.from_file(ns.auth_secret)
     tls = TlsConfig(cert, key, ns.tls_client_ca) if cert and key else None
-    config = ServerConfig(max_workers=ns.workers, grace_s=ns.grace, tls=tls, insecure=ns.insecure,
-                          auth_required=not ns.insecure, max_inflight=ns.max_inflight,
-                          max_request_bytes=ns.max_request_bytes)
+    # A queued call holds its handler thread, so a batching server needs threads for whole batches.
+    workers = ns.workers or (max(16, 2 * batching.max_batch_size) if batching else 16)
+    config = ServerConfig(max_workers=workers, grace_s=ns.grace, batching=batching, tls=tls,
+                          insecure=ns.insecure, auth_required=not ns.insecure,
+                          max_inflight=ns.max_inflight, max_request_bytes=ns.max_request_bytes)
     http = None
     if ns.http_address:
         from cloud.http.runner import HttpConfig
@@ -92,6 +124,42 @@ def cmd_cloud_serve(ns: argparse.Namespace) -> int:
 
     serve(ns.address, service, registry, config, announce, authority=authority, http=http,
           cloud_registry=cloud_registry, on_http_ready=announce_http)
+    return 0
+
+
+def cmd_cloud_eval(ns: argparse.Namespace) -> int:
+    from cloud.backends import load_generator
+    from cloud.evaluation import evaluate_loo, markdown
+    from shared.data import load_dataset
+
+    ds = load_dataset(ns.dataset)
+    print(f"data: {ds.describe()}", file=sys.stderr)
+    result = evaluate_loo(load_generator(ns.model_dir), ds, ns.count, ns.max_users)
+    print(f"leave-one-out, fresh history, full catalogue through each top-{ns.count} list "
+          f"({result.users} users, lists in {result.seconds:.1f}s)\n")
+    print(markdown([result]))
+    if ns.json:
+        Path(ns.json).write_text(json.dumps(result.__dict__, indent=2))
+    return 0
+
+
+def _levels(ns: argparse.Namespace) -> tuple[int, ...]:
+    if ns.levels:
+        return tuple(int(x) for x in ns.levels.split(","))
+    return tuple(sorted({c for c in (1, 8, ns.clients) if c <= ns.clients}))
+
+
+def cmd_cloud_bench_serving(ns: argparse.Namespace) -> int:
+    from cloud.bench_serving import BenchConfig, markdown, run
+
+    cfg = BenchConfig(model_dir=Path(ns.model_dir), levels=_levels(ns), duration_s=ns.duration,
+                      warmup_s=ns.warmup, rounds=ns.rounds, batch_max_size=ns.batch_max_size,
+                      batch_max_wait_ms=ns.batch_max_wait_ms, workers=ns.workers,
+                      count=ns.count, dataset=ns.dataset,
+                      out_dir=Path(ns.out) if ns.out else None)
+    result = run(cfg, say=lambda s: print(s, file=sys.stderr, flush=True))
+    print(markdown(result))
+    print(f"\nrows and settings: {result['config']['out_dir']}/bench-serving.json")
     return 0
 
 
@@ -204,9 +272,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--http-address", help="operator HTTP (health, metrics, registry, dashboard), host:port")
     q.add_argument("--http-ready-file", help="write the bound HTTP port here once serving")
     q.add_argument("--ttl", type=float, default=86400.0, help="list time-to-live, seconds")
-    q.add_argument("--workers", type=int, default=16)
+    q.add_argument("--workers", type=int, default=0,
+                   help="handler threads (0 = 16, or twice --batch-max-size when batching)")
     q.add_argument("--max-inflight", type=int, default=0,
                    help="calls handled at once; more are refused RESOURCE_EXHAUSTED (0 = workers)")
+    q.add_argument("--batch-max-size", type=int, default=1,
+                   help="dynamic batching: GetCandidates calls answered by one generator call "
+                        "(1 = no batching)")
+    q.add_argument("--batch-max-wait-ms", type=float, default=5.0,
+                   help="the longest a queued call waits for a batch to fill, ms")
+    q.add_argument("--batch-queue", type=int, default=0,
+                   help="calls waiting for a batch before more are refused RESOURCE_EXHAUSTED "
+                        "(0 = 4 x --batch-max-size)")
+    q.add_argument("--batch-threads", type=int, default=1,
+                   help="batches computed at once (each by its own thread)")
+    q.add_argument("--processes", type=int, default=1,
+                   help="server processes sharing the port (SO_REUSEPORT); replica i serves "
+                        "operator HTTP on the HTTP port + i")
     q.add_argument("--max-request-bytes", type=int, default=1024 * 1024)
     q.add_argument("--grace", type=float, default=5.0, help="shutdown grace period, seconds")
     q.add_argument("--tls-cert", help="server certificate chain (PEM)")
@@ -216,6 +298,30 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--insecure", action="store_true",
                    help="development only: plaintext, tokens optional")
     q.set_defaults(fn=cmd_cloud_serve)
+    q = cloud.add_parser("eval", help="leave-one-out metrics of a cloud model (markdown table)")
+    q.add_argument("--model-dir", required=True)
+    q.add_argument("--dataset", default="ml-100k", help="ml-100k, beauty, or a path")
+    q.add_argument("--count", type=int, default=100, help="list length; targets beyond it are misses")
+    q.add_argument("--max-users", type=int, help="evaluate a random sample of users")
+    q.add_argument("--json", help="also write the result here")
+    q.set_defaults(fn=cmd_cloud_eval)
+    q = cloud.add_parser("bench-serving",
+                         help="server throughput and latency with and without dynamic batching")
+    q.add_argument("--model-dir", required=True)
+    q.add_argument("--clients", type=int, default=64,
+                   help="the largest client count; measures 1, 8 and this")
+    q.add_argument("--levels", help="explicit client counts, e.g. 1,8,64 (overrides --clients)")
+    q.add_argument("--duration", type=float, default=20.0, help="measured seconds per cell")
+    q.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per cell")
+    q.add_argument("--rounds", type=int, default=3, help="interleaved repetitions (medians)")
+    q.add_argument("--batch-max-size", type=int, default=64)
+    q.add_argument("--batch-max-wait-ms", type=float, default=5.0)
+    q.add_argument("--workers", type=int, default=0,
+                   help="handler threads of both servers (0 = the largest client count)")
+    q.add_argument("--count", type=int, default=100, help="candidates per request")
+    q.add_argument("--dataset", help="send real LOO histories of this data set (default: random)")
+    q.add_argument("--out", help="folder for server logs and bench-serving.json")
+    q.set_defaults(fn=cmd_cloud_bench_serving)
     q = cloud.add_parser("publish", help="publish an ONNX device model to the registry")
     q.add_argument("--registry", required=True)
     q.add_argument("--model", required=True)

@@ -68,30 +68,74 @@ class CooccurrenceGenerator:
 
     def score(self, history: np.ndarray) -> np.ndarray:
         """(N+1,) scores for one history (item ids, oldest first); padding scores -inf."""
+        return self.score_batch([history])[0]
+
+    def score_batch(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        """(B, N+1) float32 scores for B histories; column 0 (padding) is -inf.
+
+        One scatter over the whole batch (``np.bincount`` on row-offset ids), so
+        a batch of 64 costs far less than 64 single calls. Each row's result
+        depends on its own history only: the sums run in float64 in a fixed
+        order, so a history scores identically alone or in any batch.
+        """
         cfg = self.config
-        scores = self._prior.copy()
-        recent = np.asarray(history, dtype=np.int64)[-cfg.recent:][::-1]
-        recent = recent[(recent > 0) & (recent <= self.n_items)]
-        if recent.size:
-            w = cfg.decay ** np.arange(recent.size, dtype=np.float32)
-            np.add.at(scores, self.nbr_items[recent].ravel(),
-                      (self.nbr_weights[recent] * w[:, None]).ravel())
-        scores[0] = -np.inf
+        n1 = self.n_items + 1
+        b = len(histories)
+        recent = np.zeros((b, cfg.recent), dtype=np.int64)  # 0 = no item (its neighbours weigh 0)
+        weight = np.zeros((b, cfg.recent), dtype=np.float32)
+        for row, h in enumerate(histories):
+            r = np.asarray(h, dtype=np.int64)[-cfg.recent:][::-1]
+            r = r[(r > 0) & (r <= self.n_items)]
+            recent[row, : r.size] = r
+            weight[row, : r.size] = cfg.decay ** np.arange(r.size, dtype=np.float32)
+        cells = (np.arange(b, dtype=np.int64)[:, None, None] * n1 + self.nbr_items[recent]).ravel()
+        votes = (self.nbr_weights[recent] * weight[:, :, None]).ravel()
+        sums = np.bincount(cells, weights=votes, minlength=b * n1).reshape(b, n1)
+        scores = (sums + self._prior[None, :]).astype(np.float32)
+        scores[:, 0] = -np.inf
         return scores
 
     def generate(self, histories: Sequence[np.ndarray], count: int,
                  exclude_seen: bool = True) -> list[CandidateList]:
+        if count < 1:
+            raise ValueError(f"count must be >= 1, got {count}")
+        if not len(histories):
+            return []
+        scores = self.score_batch(histories)
+        if exclude_seen:
+            for row, h in enumerate(histories):
+                h = np.asarray(h, dtype=np.int64)
+                scores[row, h[(h > 0) & (h <= self.n_items)]] = -np.inf
+        items, vals = top_k(scores, min(count, self.n_items))
         out = []
-        k = min(count, self.n_items)
-        for h in histories:
-            s = self.score(h)
-            if exclude_seen and len(h):
-                s[np.asarray(h, dtype=np.int64)] = -np.inf
-            top = np.argpartition(-s, k - 1)[:k]
-            top = top[np.argsort(-s[top], kind="stable")]
-            top = top[np.isfinite(s[top])]
-            out.append(CandidateList(top.astype(np.int64), s[top].astype(np.float32)))
+        for it, v in zip(items, vals, strict=True):
+            keep = np.isfinite(v)  # padding and excluded items score -inf
+            out.append(CandidateList(it[keep].astype(np.int64), v[keep]))
         return out
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best columns of each row of ``scores`` (B, M): (B, k) ids and (B, k) values.
+
+    Ordered by score descending, ties by smaller id: a total order, so the
+    top ``k`` is always a prefix of the top ``k + 1`` and a row's answer never
+    depends on the other rows or on ``k`` (what lets a batching server cut one
+    long list into each request's count).
+    """
+    b, m = scores.shape
+    k = min(k, m)
+    cols = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    kth = np.take_along_axis(scores, cols, axis=1).min(axis=1)[:, None]  # k-th best value
+    above = (scores > kth).sum(axis=1)
+    straddle = np.flatnonzero(above + (scores == kth).sum(axis=1) > k)
+    if straddle.size:  # ties at the cut: keep the smallest tied ids, whatever argpartition chose
+        s = scores[straddle]
+        tied = s == kth[straddle]
+        take = (s > kth[straddle]) | (tied & (np.cumsum(tied, axis=1) <= (k - above[straddle])[:, None]))
+        cols[straddle] = np.nonzero(take)[1].reshape(straddle.size, k)
+    vals = np.take_along_axis(scores, cols, axis=1)
+    order = np.lexsort((cols, -vals), axis=1)  # score descending, then id ascending
+    return np.take_along_axis(cols, order, axis=1), np.take_along_axis(vals, order, axis=1)
 
 
 def fit(train_sequences: Sequence[np.ndarray], n_items: int,

@@ -8,6 +8,14 @@ parts operators see (telemetry, the device event log, the drain switch).
 SIGTERM/SIGINT: new calls are refused and health turns NOT_SERVING first,
 then in-flight calls get ``grace_s`` seconds to finish.
 
+Batching: with ``ServerConfig(batching=BatchConfig(...))`` concurrent
+GetCandidates calls queue into a :class:`~cloud.batching.DynamicBatcher` and
+share generator calls; a full queue answers ``RESOURCE_EXHAUSTED``, a call
+whose deadline passes while queued ``DEADLINE_EXCEEDED`` (never computed).
+Every response carries the trailing metadata ``dcrec-replica``: an opaque id
+of the server instance, so clients and tests can tell replicas sharing a port
+(``grpc.so_reuseport``) apart.
+
 Security: with a :class:`~cloud.auth.TokenAuthority` every call needs a device
 token and acts for the device the token names; with a :class:`TlsConfig` the
 channel is TLS, and mutual TLS when ``client_ca_file`` is set. Plaintext needs
@@ -27,9 +35,12 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
+import uuid
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,11 +48,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from cloud.auth import AuthInterceptor, TokenAuthority, current_identity
+from cloud.batching import BatchConfig, BatcherClosed, DeadlineExpired, DynamicBatcher, QueueFull
 from cloud.events import DeviceEventLog
 from cloud.interceptors import ErrorInterceptor, LimiterInterceptor, TelemetryInterceptor
 from cloud.metrics import Telemetry
 from cloud.registry import ModelRegistry, RegistryError
 from cloud.service import CandidateService, InvalidRequest
+from shared.contract import CandidatesRequest, CandidatesResponse
 from shared.convert import model_to_pb, request_from_pb, response_to_pb
 from shared.proto.dcrec.v1 import recommend_pb2 as pb
 from shared.proto.dcrec.v1 import recommend_pb2_grpc as pb_grpc
@@ -52,6 +65,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "dcrec.v1.Recommender"
+REPLICA_KEY = "dcrec-replica"  # trailing metadata naming the server instance that answered
 
 
 @dataclass(frozen=True)
@@ -79,10 +93,18 @@ class ServerConfig:
     tls: TlsConfig | None = None
     insecure: bool = False  # plaintext allowed; development only, must be asked for
     auth_required: bool = False  # refuse to run without a token authority
+    batching: BatchConfig | None = None  # None: each GetCandidates calls the generator alone
 
     def validate(self) -> None:
         if self.max_workers < 1 or self.max_inflight < 0:
             raise ValueError("max_workers must be >= 1 and max_inflight >= 0")
+        if self.batching is not None:
+            self.batching.validate()
+            if self.inflight_limit < self.batching.max_batch_size:
+                # a queued call holds its handler thread, so batches could never fill
+                raise ValueError(
+                    f"batching needs workers and max_inflight >= batch max size "
+                    f"({self.batching.max_batch_size}), got {self.inflight_limit}")
         if self.max_request_bytes < 1024:
             raise ValueError("max_request_bytes must be >= 1024")
         if self.grace_s < 0:
@@ -100,11 +122,14 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     """Translates protobuf to :class:`CandidateService` calls and errors to status codes."""
 
     def __init__(self, service: CandidateService, registry: ModelRegistry | None,
-                 telemetry: Telemetry | None = None, events: DeviceEventLog | None = None) -> None:
+                 telemetry: Telemetry | None = None, events: DeviceEventLog | None = None,
+                 batcher: DynamicBatcher | None = None, replica: str = "") -> None:
         self.service = service
         self.registry = registry
         self.telemetry = telemetry or Telemetry()
         self.events = events or DeviceEventLog()
+        self.batcher = batcher
+        self.replica = replica or uuid.uuid4().hex[:12]
 
     @staticmethod
     def _device_id(claimed: str, context: grpc.ServicerContext) -> str:
@@ -121,14 +146,34 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                       ) -> pb.GetCandidatesResponse:
         req = request_from_pb(request)
         req = replace(req, device_id=self._device_id(req.device_id, context))
+        context.set_trailing_metadata(((REPLICA_KEY, self.replica),))
         try:
-            resp = self.service.get_candidates(req)
+            if self.batcher is None:
+                resp = self.service.get_candidates(req)
+                self.telemetry.observe_batch(1)  # each request has its own generator call
+            else:
+                resp = self._batched(req, context)
         except InvalidRequest as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         self.events.record(req.device_id, req.history, req.timestamps)
         self.telemetry.observe_request(req.reason.label, int(req.history.size), req.count)
-        self.telemetry.observe_batch(1)  # this servicer answers each request with its own call
         return response_to_pb(resp)
+
+    def _batched(self, req: CandidatesRequest, context: grpc.ServicerContext) -> CandidatesResponse:
+        """Queue ``req`` for the batcher and wait for its answer, within the call's deadline."""
+        assert self.batcher is not None
+        self.service.validate(req)  # a bad request fails at once, without taking a queue slot
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        try:
+            return self.batcher.submit(req, deadline).wait()
+        except QueueFull as e:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+        except DeadlineExpired as e:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
+        except BatcherClosed as e:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        raise AssertionError("unreachable: context.abort raises")
 
     def GetDeviceModel(self, request: pb.GetDeviceModelRequest, context: grpc.ServicerContext
                        ) -> pb.GetDeviceModelResponse:
@@ -160,6 +205,11 @@ class CloudServer:
     limiter: LimiterInterceptor
     config: ServerConfig
     telemetry: Telemetry = field(default_factory=Telemetry)
+    batcher: DynamicBatcher | None = None
+
+    @property
+    def replica(self) -> str:
+        return self.servicer.replica
 
     def start(self) -> CloudServer:
         self.server.start()
@@ -172,6 +222,8 @@ class CloudServer:
         """Refuse new calls, turn health NOT_SERVING, let in-flight calls finish within the grace."""
         self.limiter.draining.set()
         shutdown(self.server, self.health, self.config.grace_s if grace_s is None else grace_s)
+        if self.batcher is not None:  # after the server: calls in their grace still get batched
+            self.batcher.close()
 
 
 def build_server(address: str, service: CandidateService, registry: ModelRegistry | None = None,
@@ -198,7 +250,11 @@ def build_server(address: str, service: CandidateService, registry: ModelRegistr
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers),
                          interceptors=interceptors, options=opts,
                          maximum_concurrent_rpcs=config.inflight_limit + config.max_workers)
-    servicer = RecommenderServicer(service, registry, telemetry, events)
+    batcher = None
+    if config.batching is not None:
+        batcher = DynamicBatcher(partial(service.answer_batch, on_call=telemetry.observe_batch),
+                                 config.batching).start()
+    servicer = RecommenderServicer(service, registry, telemetry, events, batcher)
     pb_grpc.add_RecommenderServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -214,7 +270,7 @@ def build_server(address: str, service: CandidateService, registry: ModelRegistr
     live = registry.current_version() if isinstance(registry, ModelRegistry) else None
     if live is not None:
         telemetry.set_model("device", live, registry.current_sequence())  # type: ignore[union-attr]
-    return CloudServer(server, port, health_servicer, servicer, limiter, config, telemetry)
+    return CloudServer(server, port, health_servicer, servicer, limiter, config, telemetry, batcher)
 
 
 def create_server(address: str, service: CandidateService, registry: ModelRegistry | None = None,
@@ -253,7 +309,11 @@ def serve(address: str, service: CandidateService, registry: ModelRegistry | Non
                          authority=authority, ready=cs.ready)
         http_server = HttpServer(state, http).start()
     cs.start()
-    log.info("serving %s (model %s) on port %d%s", SERVICE_NAME, service.generator.version, cs.port,
+    batching = config.batching
+    log.info("serving %s (model %s) on port %d as replica %s, %s%s", SERVICE_NAME,
+             service.generator.version, cs.port, cs.replica,
+             f"batching up to {batching.max_batch_size} within {batching.max_wait_ms:g} ms"
+             if batching else "no batching",
              f", operator HTTP on port {http_server.port}" if http_server else "")
     stop = threading.Event()
 

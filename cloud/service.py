@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,17 +84,42 @@ class CandidateService:
         [cands] = generator.generate([req.history], req.count, req.exclude_seen)
         return self.respond(cands.items, cands.scores, generator.version)
 
+    def answer_batch(self, reqs: Sequence[CandidatesRequest],
+                     on_call: Callable[[int], None] | None = None
+                     ) -> list[CandidatesResponse | InvalidRequest]:
+        """One outcome per request, in order: its response, or the :class:`InvalidRequest` it raised.
+
+        Requests sharing ``count`` and ``exclude_seen`` (normally all of them)
+        share one ``generate`` call, so every answer equals the one
+        :meth:`get_candidates` gives alone, for any backend: a request is never
+        served a list cut from a longer one (beam search, for instance, ranks
+        differently for another count). ``on_call(n)`` is told each call's size.
+        """
+        generator = self.generator  # one model per batch, even while an operator swaps it
+        out: list[CandidatesResponse | InvalidRequest | None] = [None] * len(reqs)
+        groups: dict[tuple[int, bool], list[int]] = defaultdict(list)
+        for i, r in enumerate(reqs):
+            try:
+                self.validate(r, generator)  # again: the model may have changed while it queued
+            except InvalidRequest as e:
+                out[i] = e
+                continue
+            groups[(r.count, r.exclude_seen)].append(i)
+        for (count, exclude_seen), idx in groups.items():
+            lists = generator.generate([reqs[i].history for i in idx], count, exclude_seen)
+            if on_call is not None:
+                on_call(len(idx))
+            for i, c in zip(idx, lists, strict=True):
+                out[i] = self.respond(c.items, c.scores, generator.version)
+        return out  # type: ignore[return-value]
+
     def get_candidates_batch(self, reqs: list[CandidatesRequest]) -> list[CandidatesResponse]:
-        """Answer validated requests in one generator call (for batching servers)."""
-        count = max(r.count for r in reqs)
-        # exclude_seen differs per request: generate inclusive lists, filter per request.
-        lists = self.generator.generate([r.history for r in reqs], count + self.config.max_history,
-                                        exclude_seen=False)
-        out = []
-        for r, c in zip(reqs, lists, strict=True):
-            keep = ~np.isin(c.items, r.history) if r.exclude_seen else np.ones(c.items.size, bool)
-            out.append(self.respond(c.items[keep][: r.count], c.scores[keep][: r.count]))
-        return out
+        """Answer several requests with as few generator calls as possible; raise the first invalid one."""
+        outcomes = self.answer_batch(reqs)
+        for o in outcomes:
+            if isinstance(o, InvalidRequest):
+                raise o
+        return outcomes  # type: ignore[return-value]
 
     def respond(self, items: np.ndarray, scores: np.ndarray,
                 version: str | None = None) -> CandidatesResponse:

@@ -1,0 +1,76 @@
+"""Leave-one-out quality of a trained cloud model, through the offline harness's functions.
+
+Protocol (the literature's, DESIGN.md): each user's newest item is the
+target, the rest of the sequence is the (fresh) history; the model ranks the
+full catalogue and we read its top-``count`` list, so a target outside the
+list is a miss (``shared.metrics.ranks_in_lists``). Lists come from the
+generator's own batch call via ``simulator.bench.scoring.cloud_lists``, the
+same path the harness and the server use.
+
+Example::
+
+    result = evaluate_loo(load_generator("runs/cloud"), load_dataset("ml-100k"), count=100)
+    print(markdown(result))
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cloud.generator import CandidateGenerator
+from shared.data import Dataset
+from shared.metrics import ranks_in_lists, summarize
+from shared.splits import leave_one_out
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LooResult:
+    backend: str
+    version: str
+    dataset: str
+    users: int
+    count: int  # list length: ranks beyond it are misses
+    seconds: float  # wall clock of generating every list
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def evaluate_loo(gen: CandidateGenerator, ds: Dataset, count: int = 100,
+                 max_users: int | None = None, seed: int = 0, batch: int = 256) -> LooResult:
+    """HR@k, NDCG@k (k = 5, 10, 20), MRR and recall of the top-``count`` list, leave-one-out."""
+    from simulator.bench.scoring import cloud_lists
+
+    if gen.n_items != ds.n_items:
+        raise ValueError(f"the model knows {gen.n_items} items but {ds.name} has {ds.n_items}: "
+                         "it was trained on another data set")
+    if count < 20:
+        raise ValueError(f"count must be >= 20 (NDCG@20 needs 20 places), got {count}")
+    test = leave_one_out(ds).test
+    if max_users is not None and max_users < len(test):
+        rng = np.random.default_rng(seed)
+        test = test.take(np.sort(rng.choice(len(test), max_users, replace=False)))
+    start = time.perf_counter()
+    items, _ = cloud_lists(gen, test.histories, count, batch=batch)
+    seconds = time.perf_counter() - start
+    ranks = ranks_in_lists(items, test.targets)
+    metrics = summarize(ranks)
+    metrics["recall@list"] = float((ranks >= 0).mean())
+    log.info("LOO %s on %s: %d users in %.1fs", gen.version, ds.name, len(test), seconds)
+    return LooResult(gen.name, gen.version, ds.name, len(test), count, seconds, metrics)
+
+
+def markdown(results: list[LooResult]) -> str:
+    """One row per result, in the harness's column order (simulator.bench.report)."""
+    from simulator.bench.report import COLUMNS
+
+    head = "| model | data | users | list | " + " | ".join(COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 4)]
+    for r in results:
+        cells = " | ".join(f"{r.metrics[c]:.4f}" for c in COLUMNS)
+        lines.append(f"| {r.version} | {r.dataset} | {r.users} | top-{r.count} | {cells} |")
+    return "\n".join(lines)
