@@ -50,3 +50,28 @@ def test_unknown_option_and_backend_are_rejected(tmp_path: Path, ml100k) -> None
         backends.train("nope", ml100k, [], tmp_path)
     with pytest.raises(backends.BackendError, match="not a model directory"):
         backends.load_generator(tmp_path / "empty")
+
+
+def test_top_k_is_a_total_order_whatever_k() -> None:
+    from cloud.cooccurrence import top_k
+
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, size=(5, 40)).astype(np.float32)  # many ties
+    scores[:, 3] = -np.inf
+    for k in (1, 7, 20, 40):
+        ids, vals = top_k(scores, k)
+        for row in range(5):
+            want = sorted(range(40), key=lambda j: (-scores[row, j], j))[:k]
+            assert ids[row].tolist() == want
+            assert np.array_equal(vals[row], scores[row, want])
+
+
+def test_batch_answers_equal_single_answers(cloud_model_dir: Path, ml_split) -> None:  # type: ignore[no-untyped-def]
+    gen = backends.load_generator(cloud_model_dir)
+    hists = [s[-25:] for s in ml_split.cloud_sequences()[:30]] + [np.array([5])]
+    together = gen.generate(hists, 80)
+    for h, c in zip(hists, together, strict=True):
+        [alone] = gen.generate([h], 80)
+        assert np.array_equal(alone.items, c.items) and np.array_equal(alone.scores, c.scores)
+        [short] = gen.generate([h], 30)
+        assert np.array_equal(short.items, c.items[:30])  # a shorter list is a prefix
