@@ -33,10 +33,10 @@ def test_alpha_learner_moves_towards_the_side_that_predicts_choices() -> None:
 
 
 def test_zscore_fusion_keeps_margins() -> None:
-    cloud = np.array([10.0, 9.9, 0.0])  # the cloud barely prefers item 0 over item 1
-    device = np.array([0.0, 1.0, 0.5])
-    assert np.argmax(fuse(cloud, device, 0.5, "zscore")) == 1  # a small cloud margin yields
-    assert np.argmax(fuse(cloud, device, 0.5, "rank")) == 0  # ranks cannot see margins
+    cloud = np.array([10.0, 0.2, 0.1, 0.0])  # the cloud is sure of item 0, unsure of the rest
+    device = np.array([0.9, 1.0, 0.0, 0.1])  # the device barely prefers item 1 over item 0
+    assert np.argmax(fuse(cloud, device, 0.4, "zscore")) == 0  # a confident cloud keeps its pick
+    assert np.argmax(fuse(cloud, device, 0.4, "rank")) == 1  # ranks cannot see margins
     assert zscores(np.array([1.0, -np.inf, 3.0]))[1] == zscores(np.array([1.0, 1.0, 3.0]))[1]
 
 

@@ -1,0 +1,59 @@
+"""Every reranker architecture: ONNX parity with torch, size budget, int8 variant, padding invariance."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from device.reranker import OnnxReranker  # noqa: E402
+from device.training import archs  # noqa: E402
+from device.training.export import export_onnx, parity_error, quantize_int8  # noqa: E402
+
+BEAUTY_ITEMS = 12101
+MAX_BYTES = 6 * 1024 * 1024
+
+
+@pytest.mark.parametrize("arch", sorted(archs.ARCHS))
+def test_export_parity_size_and_int8(arch: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = archs.build(arch, BEAUTY_ITEMS).eval()  # the default size, as shipped for Beauty
+    path = export_onnx(model, tmp_path / f"{arch}.onnx")  # raises if parity > 1e-4
+    assert parity_error(model, path, seed=1) < 1e-4
+    assert path.stat().st_size <= MAX_BYTES, f"{arch}: {path.stat().st_size} bytes"
+    q = quantize_int8(path, tmp_path / f"{arch}.int8.onnx")
+    assert q.stat().st_size < 0.5 * path.stat().st_size
+    fp, i8 = OnnxReranker.from_file(path, 50), OnnxReranker.from_file(q, 50)
+    assert fp.has_embeddings and i8.has_embeddings
+    rng = np.random.default_rng(0)
+    hist, cand = rng.integers(1, BEAUTY_ITEMS + 1, 30), rng.integers(1, BEAUTY_ITEMS + 1, 100)
+    a, b = fp.score(hist, cand), i8.score(hist, cand)
+    # Quantisation moves scores a little but keeps the ranking largely intact.
+    assert np.corrcoef(a, b)[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("arch", sorted(archs.ARCHS))
+def test_leading_padding_changes_nothing(arch: str) -> None:
+    torch.manual_seed(0)
+    model = archs.build(arch, 500, {"dim": 16, "max_len": 12}).eval()
+    hist = torch.tensor([[5, 9, 77, 3]])
+    padded = torch.cat([torch.zeros(1, 8, dtype=torch.long), hist], dim=1)
+    cand = torch.tensor([[1, 2, 3, 400]])
+    with torch.no_grad():
+        assert torch.allclose(model.score(hist, cand), model.score(padded, cand), atol=1e-5)
+        empty = model.score(torch.zeros(1, 3, dtype=torch.long), cand)
+    assert torch.isfinite(empty).all()
+
+
+def test_save_load_round_trip_and_bad_names(tmp_path: Path) -> None:
+    model = archs.build("gru4rec", 300, {"dim": 8})
+    archs.save(model, tmp_path, {"objective": "full"})
+    again, meta = archs.load(tmp_path)
+    assert meta["arch"] == "gru4rec" and meta["objective"] == "full" and again.cfg.dim == 8
+    for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="unknown reranker"):
+        archs.build("bert4rec", 10)
+    with pytest.raises(ValueError, match="unknown din options"):
+        archs.build("din", 10, {"layers": 3})
