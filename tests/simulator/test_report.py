@@ -53,7 +53,7 @@ def test_simulate_scenario_cli(tmp_path: Path, cloud_model_dir: Path, registry_d
                                capsys: pytest.CaptureFixture[str]) -> None:
     scenario = tmp_path / "tiny.toml"
     scenario.write_text('name = "tiny"\npolicies = ["never", "always"]\n'
-                        '[workload]\nkind = "trace"\nmax_users = 5\n[fleet]\nbin_s = 86400.0\n'
+                        '[workload]\nkind = "trace"\nmax_users = 3\n[fleet]\nbin_s = 86400.0\n'
                         '[checks]\nmax_lost_events = 0\nmax_shown_empty = 0\n')
     out = tmp_path / "out"
     code = main(["simulate", "--scenario", str(scenario), "--cloud-model", str(cloud_model_dir),
@@ -63,5 +63,6 @@ def test_simulate_scenario_cli(tmp_path: Path, cloud_model_dir: Path, registry_d
     assert "| never |" in printed and "| always |" in printed and "check pass" in printed
     assert (out / "report.html").is_file() and (out / "plots" / "quality.png").is_file()
     code = main(["simulate", "--scenario", str(scenario), "--set", "checks.min_events_per_s=1e12",
+                 "--set", "workload.max_users=1", "--set", 'policies=["never"]',
                  "--cloud-model", str(cloud_model_dir), "--out", str(out)])
     assert code == 1 and "check FAIL" in capsys.readouterr().out  # a failed check fails the command
