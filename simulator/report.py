@@ -35,7 +35,7 @@ from simulator.scenario import Scenario  # noqa: E402
 # (file stem, title, y label, [(column, style label)], log scale)
 _PLOTS: list[tuple[str, str, str, list[tuple[str, str]], bool]] = [
     ("quality", "Quality of the shown list", "", [("HR@{k}", "HR@{k}"), ("NDCG@{k}", "NDCG@{k}")], False),
-    ("requests", "Requests per event", "request ratio", [("request_ratio", "ratio")], False),
+    ("requests", "Requests per event, by reason", "request ratio", [("request_ratio", "all")], False),
     ("load", "Cloud load", "calls per simulated second",
      [("request_qps", "event-triggered"), ("failed_qps", "failed"), ("bootstrap_qps", "first lists")],
      False),
@@ -74,6 +74,12 @@ def _plot(stem: str, title: str, ylabel: str, series: list[tuple[str, str]], log
             y = [float(row.get(col, math.nan)) for row in rows]
             name = label.format(k=k) if len(results) == 1 else f"{r.policy} {label.format(k=k)}"
             ax.plot(x, y, label=name, linewidth=1.2, drawstyle="steps-post")
+        if stem == "requests" and len(results) == 1:  # one policy: break the ratio down by reason
+            for col in sorted(c for c in rows[0] if c.startswith("reason_")):
+                y = [int(row[col]) / int(row["events"]) if int(row["events"]) else math.nan
+                     for row in rows]
+                ax.plot(x, y, label=col.removeprefix("reason_"), linewidth=0.9, linestyle="--",
+                        drawstyle="steps-post")
     for f in scenario.faults:
         ax.axvspan(f.at_s / div, (f.at_s + f.duration_s) / div, color="tab:red", alpha=0.15,
                    label=f.kind.replace("_", " "))
