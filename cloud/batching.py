@@ -88,24 +88,26 @@ class Ticket(Generic[Resp]):
         self.request = request
         self.deadline = deadline  # time.monotonic() seconds
         self.enqueued = enqueued
-        self._done = threading.Event()
+        self._done = threading.Lock()  # held until answered: a cheaper latch than an Event
+        self._done.acquire()
         self._result: Resp | None = None
         self._error: BaseException | None = None
         self.abandoned = False  # the caller stopped waiting: skip it if not yet computed
 
     def _finish(self, result: Resp | None, error: BaseException | None) -> None:
         self._result, self._error = result, error
-        self._done.set()
+        self._done.release()
 
     def done(self) -> bool:
-        return self._done.is_set()
+        return not self._done.locked()
 
     def wait(self, timeout_s: float | None = None) -> Resp:
         """Block until answered; at most until the deadline (plus ``timeout_s`` if given)."""
         bound = max(0.0, self.deadline - time.monotonic()) if timeout_s is None else timeout_s
-        if not self._done.wait(bound):
+        if not self._done.acquire(timeout=bound):
             self.abandoned = True
             raise DeadlineExpired("deadline passed while waiting for a batch")
+        self._done.release()  # answered stays answered for a second wait
         if self._error is not None:
             raise self._error
         return self._result  # type: ignore[return-value]

@@ -252,8 +252,8 @@ def build_server(address: str, service: CandidateService, registry: ModelRegistr
                          maximum_concurrent_rpcs=config.inflight_limit + config.max_workers)
     batcher = None
     if config.batching is not None:
-        batcher = DynamicBatcher(partial(service.answer_batch, on_call=telemetry.observe_batch),
-                                 config.batching).start()
+        answer = partial(service.answer_batch, on_call=telemetry.observe_batch, validated=True)
+        batcher = DynamicBatcher(answer, config.batching).start()
     servicer = RecommenderServicer(service, registry, telemetry, events, batcher)
     pb_grpc.add_RecommenderServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()

@@ -67,16 +67,21 @@ class CandidateService:
             raise InvalidRequest("history", "must not be empty")
         if n > cfg.max_history:
             raise InvalidRequest("history", f"at most {cfg.max_history} events, got {n}")
-        bad = (req.history < 1) | (req.history > n_items)
-        if bad.any():
-            first = int(req.history[np.argmax(bad)])
-            raise InvalidRequest(
-                "history.item_id", f"unknown item id {first} (valid: 1..{n_items})"
-            )
+        self.check_items(req, n_items)
         if not np.isfinite(req.timestamps).all():
             raise InvalidRequest("history.timestamp", "must be finite")
         if len(req.current_list_id) > cfg.max_list_id:
             raise InvalidRequest("current_list_id", f"longer than {cfg.max_list_id} characters")
+
+    @staticmethod
+    def check_items(req: CandidatesRequest, n_items: int) -> None:
+        """Raise :class:`InvalidRequest` for an item id outside ``1..n_items`` (the model-dependent check)."""
+        h = req.history
+        if h.min() < 1 or h.max() > n_items:  # two reductions; the mask only on failure
+            first = int(h[np.argmax((h < 1) | (h > n_items))])
+            raise InvalidRequest(
+                "history.item_id", f"unknown item id {first} (valid: 1..{n_items})"
+            )
 
     def get_candidates(self, req: CandidatesRequest) -> CandidatesResponse:
         generator = self.generator  # one model per call, even while an operator swaps it
@@ -85,7 +90,7 @@ class CandidateService:
         return self.respond(cands.items, cands.scores, generator.version)
 
     def answer_batch(self, reqs: Sequence[CandidatesRequest],
-                     on_call: Callable[[int], None] | None = None
+                     on_call: Callable[[int], None] | None = None, validated: bool = False
                      ) -> list[CandidatesResponse | InvalidRequest]:
         """One outcome per request, in order: its response, or the :class:`InvalidRequest` it raised.
 
@@ -94,13 +99,19 @@ class CandidateService:
         :meth:`get_candidates` gives alone, for any backend: a request is never
         served a list cut from a longer one (beam search, for instance, ranks
         differently for another count). ``on_call(n)`` is told each call's size.
+        ``validated``: the requests passed :meth:`validate` already (the server
+        does that before queueing), so only the item ids are checked again, against
+        the model this batch uses.
         """
         generator = self.generator  # one model per batch, even while an operator swaps it
         out: list[CandidatesResponse | InvalidRequest | None] = [None] * len(reqs)
         groups: dict[tuple[int, bool], list[int]] = defaultdict(list)
         for i, r in enumerate(reqs):
             try:
-                self.validate(r, generator)  # again: the model may have changed while it queued
+                if validated:  # the model may have changed while the request queued
+                    self.check_items(r, generator.n_items)
+                else:
+                    self.validate(r, generator)
             except InvalidRequest as e:
                 out[i] = e
                 continue
