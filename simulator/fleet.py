@@ -311,14 +311,19 @@ class Fleet:
             if dev.driver.next_time is not None:
                 heapq.heappush(heap, (dev.driver.next_time, 1, dev.spec.index))
 
+        errors: list[BaseException] = []
+
         def finished(dev: SimDevice, fut: asyncio.Future[None]) -> None:
             dev.busy = False
             inflight.discard(fut)
-            if fut.exception() is None:
+            error = None if fut.cancelled() else fut.exception()
+            if error is None:
                 schedule_next(dev)
+            else:
+                errors.append(error)  # re-raised below: a device that crashed must fail the run
 
         try:
-            while heap or inflight:
+            while (heap or inflight) and not errors:
                 if not heap:
                     await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
                     continue
@@ -352,7 +357,9 @@ class Fleet:
                 if progress and done % 500 == 0:
                     progress(min(1.0, t / horizon) if horizon else 0.0, self.series_events())
             for fut in list(inflight):
-                await fut
+                await asyncio.wait([fut])
+            if errors:
+                raise errors[0]
         finally:
             if executor is not None:
                 executor.shutdown(wait=True)

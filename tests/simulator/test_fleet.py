@@ -125,3 +125,21 @@ def test_closed_loop_engagement_depends_on_the_policy(tmp_path: Path, cloud: Clo
     assert never["requests"] == 0 and always["request_ratio"] == pytest.approx(1.0)
     assert always["HR@10"] > never["HR@10"]
     assert np.isfinite(always["NDCG@10"]) and always["list_age_mean_s"] < never["list_age_mean_s"]
+
+
+def test_a_crashing_device_fails_the_run(tmp_path: Path, cloud: CloudProcess, ml_split) -> None:  # type: ignore[no-untyped-def]
+    """Errors in worker threads are not swallowed: the run stops and raises them."""
+    workload = TraceWorkload(ml_split, "real", max_users=4)
+    fleet = Fleet(workload, cloud.address, None, FleetConfig(workdir=tmp_path, concurrency=3))
+    original = fleet._handle
+    calls = []
+
+    def flaky(dev, t, first):  # type: ignore[no-untyped-def]
+        calls.append(t)
+        if len(calls) == 8:
+            raise RuntimeError("device crashed")
+        original(dev, t, first)
+
+    fleet._handle = flaky  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="device crashed"):
+        fleet.run()
