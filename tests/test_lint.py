@@ -34,7 +34,8 @@ def test_only_adapters_import_generated_stubs() -> None:
 
 
 def test_device_runtime_modules_never_import_torch() -> None:
-    # device/bench.py measures ONNX Runtime against torch: a developer command, not the runtime.
+    # bench.py (ONNX Runtime against torch) and cli.py (training commands) are developer
+    # tools that import torch lazily; the runtime modules never import it.
     offenders = [p.relative_to(REPO).as_posix() for p in (REPO / "device").glob("*.py")
-                 if p.name != "bench.py" and "import torch" in p.read_text()]
+                 if p.name not in ("bench.py", "cli.py") and "import torch" in p.read_text()]
     assert not offenders
