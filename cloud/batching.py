@@ -49,6 +49,7 @@ class BatchConfig:
     max_queue: int = 0  # waiting requests before new ones are shed; 0 = 4 * max_batch_size
     default_deadline_s: float = 30.0  # for calls that carry no deadline, so no wait is unbounded
     threads: int = 1  # batches computed at once; 2 keeps a second core busy while one batch runs
+    adaptive: bool = True  # stop waiting once no announced call is still on its way: no wait at low load
 
     def validate(self) -> None:
         if self.max_batch_size < 1:
@@ -116,6 +117,30 @@ class Ticket(Generic[Resp]):
 Answer = Callable[[Sequence[Req]], Sequence["Resp | BaseException"]]
 
 
+class Arrival(Generic[Req, Resp]):
+    """An announced call: :meth:`submit` it once, or leave the ``with`` block to withdraw it."""
+
+    __slots__ = ("_batcher", "_open")
+
+    def __init__(self, batcher: DynamicBatcher[Req, Resp]) -> None:
+        self._batcher = batcher
+        self._open = True
+
+    def submit(self, request: Req, deadline: float | None = None) -> Ticket[Resp]:
+        if not self._open:
+            raise RuntimeError("this arrival was already submitted or withdrawn")
+        self._open = False
+        return self._batcher.submit(request, deadline, announced=True)
+
+    def __enter__(self) -> Arrival[Req, Resp]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._open:
+            self._open = False
+            self._batcher._withdraw()
+
+
 class DynamicBatcher(Generic[Req, Resp]):
     """A bounded queue and ``config.threads`` threads that answer requests in batches.
 
@@ -135,6 +160,7 @@ class DynamicBatcher(Generic[Req, Resp]):
         self._queue: deque[Ticket[Resp]] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._arriving = 0  # calls announced (being parsed, validated) but not yet submitted
         self._threads: list[threading.Thread] = []
         self._stats_lock = threading.Lock()
         self.batches = 0  # generator calls made
@@ -151,13 +177,34 @@ class DynamicBatcher(Generic[Req, Resp]):
                 t.start()
         return self
 
-    def submit(self, request: Req, deadline: float | None = None) -> Ticket[Resp]:
+    def arrival(self) -> Arrival[Req, Resp]:
+        """Announce a call that is about to be submitted (use as a context manager).
+
+        With ``adaptive``, a forming batch waits for company only while some
+        announced call is still on its way (being parsed and validated), so a
+        lone request never waits ``max_wait_ms``. Leaving the ``with`` block
+        without :meth:`Arrival.submit` (a bad request) withdraws the announcement.
+        """
+        with self._cond:
+            self._arriving += 1
+        return Arrival(self)
+
+    def _withdraw(self) -> None:
+        with self._cond:
+            self._arriving -= 1
+            if self._arriving == 0:
+                self._cond.notify()
+
+    def submit(self, request: Req, deadline: float | None = None,
+               announced: bool = False) -> Ticket[Resp]:
         """Queue ``request``; ``deadline`` in ``time.monotonic()`` seconds (None: the default)."""
         now = self._clock()
         if deadline is None:
             deadline = now + self.config.default_deadline_s
         ticket: Ticket[Resp] = Ticket(request, deadline, now)
         with self._cond:
+            if announced:
+                self._arriving -= 1
             if self._closed:
                 raise BatcherClosed("server is shutting down")
             if len(self._queue) >= self.config.queue_limit:
@@ -165,8 +212,9 @@ class DynamicBatcher(Generic[Req, Resp]):
                 raise QueueFull(f"batch queue full ({self.config.queue_limit} requests waiting); "
                                 "retry with back-off")
             self._queue.append(ticket)
-            if len(self._queue) == 1 or len(self._queue) >= self.config.max_batch_size:
-                self._cond.notify()  # the batcher waits for a first request or a full batch
+            if (len(self._queue) == 1 or len(self._queue) >= self.config.max_batch_size
+                    or (self.config.adaptive and self._arriving == 0)):
+                self._cond.notify()  # the batcher waits for a first request, a full batch, or no more
         return ticket
 
     def __call__(self, request: Req, deadline: float | None = None) -> Resp:
@@ -188,7 +236,8 @@ class DynamicBatcher(Generic[Req, Resp]):
 
     # --- batcher thread -------------------------------------------------------------------------
     def _take(self) -> list[Ticket[Resp]] | None:
-        """The next batch, once it is full or its oldest request waited ``max_wait_ms``."""
+        """The next batch: once it is full, its oldest request waited ``max_wait_ms``, or
+        (``adaptive``) no announced call is still on its way."""
         cfg = self.config
         with self._cond:
             while not self._queue:
@@ -197,6 +246,8 @@ class DynamicBatcher(Generic[Req, Resp]):
                 self._cond.wait(1.0)  # bounded: re-checks the closed flag
             ready_at = self._queue[0].enqueued + cfg.max_wait_ms / 1000.0
             while len(self._queue) < cfg.max_batch_size and not self._closed:
+                if cfg.adaptive and self._arriving <= 0:
+                    break  # nobody else is on the way: waiting would only add latency
                 left = ready_at - self._clock()
                 if left <= 0:
                     break

@@ -46,7 +46,8 @@ def _batching(ns: argparse.Namespace):  # type: ignore[no-untyped-def]
     if ns.batch_max_size == 1:
         return None
     cfg = BatchConfig(max_batch_size=ns.batch_max_size, max_wait_ms=ns.batch_max_wait_ms,
-                      max_queue=ns.batch_queue, threads=ns.batch_threads)
+                      max_queue=ns.batch_queue, threads=ns.batch_threads,
+                      adaptive=not ns.batch_fixed_wait)
     cfg.validate()
     return cfg
 
@@ -284,6 +285,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--batch-queue", type=int, default=0,
                    help="calls waiting for a batch before more are refused RESOURCE_EXHAUSTED "
                         "(0 = 4 x --batch-max-size)")
+    q.add_argument("--batch-fixed-wait", action="store_true",
+                   help="always wait --batch-max-wait-ms for a batch to fill; by default the wait "
+                        "ends once no other call is on its way (no added latency at low load)")
     q.add_argument("--batch-threads", type=int, default=1,
                    help="batches computed at once (each by its own thread)")
     q.add_argument("--processes", type=int, default=1,

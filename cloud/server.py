@@ -48,7 +48,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from cloud.auth import AuthInterceptor, TokenAuthority, current_identity
-from cloud.batching import BatchConfig, BatcherClosed, DeadlineExpired, DynamicBatcher, QueueFull
+from cloud.batching import (
+    Arrival,
+    BatchConfig,
+    BatcherClosed,
+    DeadlineExpired,
+    DynamicBatcher,
+    QueueFull,
+)
 from cloud.events import DeviceEventLog
 from cloud.interceptors import ErrorInterceptor, LimiterInterceptor, TelemetryInterceptor
 from cloud.metrics import Telemetry
@@ -144,35 +151,47 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
     def GetCandidates(self, request: pb.GetCandidatesRequest, context: grpc.ServicerContext
                       ) -> pb.GetCandidatesResponse:
-        req = request_from_pb(request)
-        req = replace(req, device_id=self._device_id(req.device_id, context))
-        context.set_trailing_metadata(((REPLICA_KEY, self.replica),))
-        try:
-            if self.batcher is None:
+        if self.batcher is None:
+            req = self._parse(request, context)
+            try:
                 resp = self.service.get_candidates(req)
-                self.telemetry.observe_batch(1)  # each request has its own generator call
-            else:
-                resp = self._batched(req, context)
-        except InvalidRequest as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            except InvalidRequest as e:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            self.telemetry.observe_batch(1)  # each request has its own generator call
+        else:
+            # Announced before parsing, so a forming batch knows this call is coming.
+            with self.batcher.arrival() as arrival:
+                req = self._parse(request, context)
+                resp = self._batched(req, arrival, context)
         self.events.record(req.device_id, req.history, req.timestamps)
         self.telemetry.observe_request(req.reason.label, int(req.history.size), req.count)
         return response_to_pb(resp)
 
-    def _batched(self, req: CandidatesRequest, context: grpc.ServicerContext) -> CandidatesResponse:
+    def _parse(self, request: pb.GetCandidatesRequest, context: grpc.ServicerContext
+               ) -> CandidatesRequest:
+        context.set_trailing_metadata(((REPLICA_KEY, self.replica),))
+        req = request_from_pb(request)
+        return replace(req, device_id=self._device_id(req.device_id, context))
+
+    def _batched(self, req: CandidatesRequest, arrival: Arrival,
+                 context: grpc.ServicerContext) -> CandidatesResponse:
         """Queue ``req`` for the batcher and wait for its answer, within the call's deadline."""
-        assert self.batcher is not None
-        self.service.validate(req)  # a bad request fails at once, without taking a queue slot
+        try:
+            self.service.validate(req)  # a bad request fails at once, without taking a queue slot
+        except InvalidRequest as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         try:
-            return self.batcher.submit(req, deadline).wait()
+            return arrival.submit(req, deadline).wait()
         except QueueFull as e:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
         except DeadlineExpired as e:
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
         except BatcherClosed as e:
             context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        except InvalidRequest as e:  # the model changed while it queued and lacks an item
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         raise AssertionError("unreachable: context.abort raises")
 
     def GetDeviceModel(self, request: pb.GetDeviceModelRequest, context: grpc.ServicerContext

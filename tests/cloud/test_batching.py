@@ -73,6 +73,40 @@ def test_full_batch_goes_at_once_without_waiting_out_max_wait() -> None:
     batcher.close()
 
 
+def test_adaptive_wait_ends_when_no_announced_call_is_on_its_way() -> None:
+    answer = Doubler()
+    batcher = DynamicBatcher(answer, BatchConfig(max_batch_size=8, max_wait_ms=1000)).start()
+    start = time.monotonic()
+    with batcher.arrival() as a:  # a lone call: nobody else announced, so no 1 s wait
+        assert a.submit(1).wait(5) == 2
+    assert time.monotonic() - start < 0.5
+    slow = batcher.arrival()  # announced, still "parsing"
+    with batcher.arrival() as a:
+        ticket = a.submit(2)
+    time.sleep(0.2)
+    assert not ticket.done()  # the batch waits for the announced call
+    with slow:
+        third = slow.submit(3)
+    assert ticket.wait(5) == 4 and third.wait(5) == 6
+    assert answer.batches[-1] == [2, 3]
+    late = batcher.arrival()
+    with batcher.arrival() as a:
+        ticket = a.submit(4)
+    with late:
+        pass  # withdrawn (it failed validation): the batch goes without it
+    assert ticket.wait(5) == 8 and answer.batches[-1] == [4]
+    batcher.close()
+
+
+def test_fixed_wait_holds_a_lone_request_for_max_wait() -> None:
+    batcher = DynamicBatcher(Doubler(), BatchConfig(max_batch_size=8, max_wait_ms=300,
+                                                    adaptive=False)).start()
+    start = time.monotonic()
+    assert batcher(1) == 2
+    assert time.monotonic() - start >= 0.29
+    batcher.close()
+
+
 def test_request_whose_deadline_passes_in_the_queue_is_never_computed() -> None:
     answer = Doubler()
     answer.gate.clear()  # the first batch blocks the batcher
