@@ -6,10 +6,10 @@ costs one whole token. However the trigger behaves, after ``n`` events at most
 ``initial + rate * n`` requests were granted — a hard guarantee, checked on
 every grant.
 
-:class:`QuantileTracker` calibrates the trigger online: it tracks the score
-above which a ``target`` share of the device's own recent scores fall
-(stochastic-approximation quantile tracking, step scaled by the scores'
-spread), starting from a prior threshold. No test set, no fleet-wide tuning.
+:class:`QuantileTracker` calibrates the trigger online: the threshold is the
+score above which a ``target`` share of the device's own recent scores fall
+(the empirical quantile of a sliding window), starting from a prior
+threshold. No test set, no fleet-wide tuning.
 
 Example::
 
@@ -25,7 +25,10 @@ Example::
 from __future__ import annotations
 
 import random
+from collections import deque
 from dataclasses import dataclass, field
+
+import numpy as np
 
 
 class BudgetExceeded(AssertionError):
@@ -99,30 +102,41 @@ def random_phase(seed: int | None = None) -> float:
 @dataclass
 class QuantileTracker:
     target: float  # share of scores that should lie above the threshold
-    threshold: float  # the prior: where tracking starts (e.g. shipped with the model)
-    step: float = 0.05  # learning rate, in units of the scores' spread
-    spread_decay: float = 0.05  # EWMA weight of the newest |score - mean|
-    mean: float | None = field(default=None, init=False)
-    spread: float = field(default=0.0, init=False)
+    threshold: float  # the prior: used until the device has its own scores (e.g. shipped with the model)
+    window: int = 100  # the device's most recent scores the threshold is computed from
+    prior_weight: int = 1  # pseudo-scores at the prior; more makes early decisions trust it longer
+    recent: deque[float] = field(init=False)
     seen: int = field(default=0, init=False)
+    prior: float = field(init=False)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.target < 1.0:
             raise ValueError(f"target must be in (0, 1), got {self.target}")
-        if self.step <= 0:
-            raise ValueError(f"step must be > 0, got {self.step}")
+        if self.window < 1 or self.prior_weight < 0:
+            raise ValueError("window must be >= 1 and prior_weight >= 0")
+        self.prior = float(self.threshold)
+        self.recent = deque(maxlen=self.window)
 
     def update(self, score: float) -> bool:
-        """Feed one score; returns whether it lay above the threshold before the update."""
+        """Feed one score; returns whether it lay above the threshold in force before it arrived.
+
+        The threshold is the ``1 - target`` quantile of the window of recent
+        scores plus ``prior_weight`` copies of the prior, so a new device starts
+        at the prior and is calibrated by its own scores within a few events
+        (a short stream never waits for a slow drift to reach the right level).
+        """
         over = score > self.threshold
-        if self.mean is None:
-            self.mean, self.spread = score, abs(score - self.threshold)
-        else:
-            d = self.spread_decay
-            self.spread = (1 - d) * self.spread + d * abs(score - self.mean)
-            self.mean = (1 - d) * self.mean + d * score
+        self.recent.append(float(score))
         self.seen += 1
-        # Robbins-Monro on P(score > threshold) = target: up after an exceedance, down otherwise.
-        self.threshold += self.step * max(self.spread, 1e-6) * ((1.0 if over else 0.0) - self.target) / \
-            max(self.target, 1.0 - self.target)
+        pseudo = [self.prior] * (self.prior_weight if len(self.recent) < self.window else 0)
+        self.threshold = float(np.quantile(np.fromiter([*self.recent, *pseudo], dtype=np.float64),
+                                           1.0 - self.target))
         return over
+
+    def state(self) -> dict[str, object]:
+        return {"threshold": self.threshold, "recent": list(self.recent), "seen": self.seen}
+
+    def load_state(self, state: dict[str, object]) -> None:
+        self.threshold = float(state["threshold"])  # type: ignore[arg-type]
+        self.recent = deque((float(x) for x in state["recent"]), maxlen=self.window)  # type: ignore[attr-defined]
+        self.seen = int(state["seen"])  # type: ignore[call-overload]

@@ -134,10 +134,14 @@ class _Budgeted:
     seed: int | None = None  # for the bucket's random start level (and random triggers)
     housekeeping: Housekeeping = field(default_factory=Housekeeping)
     spend_when_full: bool = True  # use a token that the next refill would waste
-    # Triggers aim at boost * target_ratio of events: a little more often than tokens
+    # Triggers aim at boost * target_ratio of events: more often than tokens
     # arrive, so the bucket (not a trigger that happens to fire when it is empty)
     # sets the ratio, and tokens rarely pile up to be spent on low-value events.
-    boost: float = 1.5
+    boost: float = 4.0
+    # Events a whole token may wait for its trigger before it is spent anyway: a short
+    # stream must not end with budget unused (the ratio would fall short of the target).
+    max_wait: int | None = None  # None: the mean gap between triggers, 1 / (boost * target_ratio)
+    _waited: int = field(default=0, init=False)
     bucket: TokenBucket = field(init=False)
     _pending: Reason | None = field(default=None, init=False)
 
@@ -148,6 +152,12 @@ class _Budgeted:
             raise ValueError(f"boost must be >= 1, got {self.boost}")
         self.bucket = TokenBucket(self.target_ratio, self.capacity,
                                   initial=min(random_phase(self.seed), self.capacity))
+
+    @property
+    def patience(self) -> int:
+        if self.max_wait is not None:
+            return self.max_wait
+        return max(1, round(1.0 / self.trigger_ratio))
 
     @property
     def trigger_ratio(self) -> float:
@@ -165,7 +175,8 @@ class _Budgeted:
             return chore  # free: a device with no list has nothing to show
         trigger = self._trigger(s)  # always evaluated, so calibration sees every event
         reason = chore or trigger
-        if reason is None and self.spend_when_full and self.bucket.full:
+        self._waited = self._waited + 1 if self.bucket.can_spend() else 0
+        if reason is None and self.spend_when_full and (self.bucket.full or self._waited > self.patience):
             reason = Reason.PERIODIC
         if reason is None or not self.bucket.try_spend():
             return None
@@ -192,30 +203,26 @@ class _Budgeted:
 @dataclass
 class BudgetedPolicy(_Budgeted):
     threshold: float = 0.95  # prior disagreement threshold; tracking moves it from here
-    step: float = 0.05  # tracking speed, in units of the scores' spread
+    window: int = 100  # recent scores the threshold is the quantile of
     name: str = "budgeted"
     tracker: QuantileTracker = field(init=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.tracker = QuantileTracker(self.trigger_ratio, self.threshold, self.step)
+        self.tracker = QuantileTracker(self.trigger_ratio, self.threshold, self.window)
 
     def _trigger(self, s: PolicyInput) -> Reason | None:
         if not s.has_list:
             return None
         return Reason.DISAGREEMENT if self.tracker.update(s.disagreement) else None
 
-    def state(self) -> dict[str, float]:
-        t = self.tracker
-        return {**super().state(), "threshold": t.threshold, "mean": t.mean if t.mean is not None
-                else float("nan"), "spread": t.spread, "seen": t.seen}
+    def state(self) -> dict[str, object]:  # type: ignore[override]
+        return {**super().state(), "tracker": self.tracker.state()}
 
-    def load_state(self, state: dict[str, float]) -> None:
-        super().load_state(state)
-        t = self.tracker
-        t.threshold, t.spread, t.seen = float(state["threshold"]), float(state["spread"]), int(state["seen"])
-        mean = float(state["mean"])
-        t.mean = None if mean != mean else mean  # NaN: nothing seen yet
+    def load_state(self, state: dict[str, object]) -> None:  # type: ignore[override]
+        super().load_state(state)  # type: ignore[arg-type]
+        if "tracker" in state:
+            self.tracker.load_state(state["tracker"])  # type: ignore[arg-type]
 
 
 @dataclass

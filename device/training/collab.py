@@ -65,6 +65,11 @@ class RerankTrainConfig:
     seed: int = 0
     threads: int = 1  # torch intra-op threads; on shared cores one thread is fastest
     init_from: str | None = None  # a trained model directory to start from (same architecture)
+    # Out-of-fold cloud lists: with a ``fit_generator``, users are split into this many folds
+    # and each fold's lists come from a cloud fitted without it, so the target is in the
+    # list about as often as at serving time (an in-sample cloud "remembers" the answer).
+    folds: int = 1
+    cache_dir: str | None = None  # where cloud lists are cached (default: out_dir/cache)
     model: dict[str, Any] = field(default_factory=dict)  # architecture config overrides
 
     def validate(self) -> None:
@@ -155,9 +160,13 @@ def _loss(model: nn.Module, objective: Objective, full_weight: float, hist: torc
 def train_reranker(arch: str, train_sequences: Sequence[np.ndarray],
                    cloud_generator: CandidateGenerator | None, n_items: int,
                    config: RerankTrainConfig, out_dir: str | Path,
-                   progress: Callable[[int, float, dict[str, float]], None] | None = None) -> RerankResult:
+                   progress: Callable[[int, float, dict[str, float]], None] | None = None,
+                   fit_generator: Callable[[list[np.ndarray]], CandidateGenerator] | None = None,
+                   ) -> RerankResult:
     """Train ``arch`` on ``train_sequences`` (item ids, oldest first); writes the model to ``out_dir``.
 
+    ``fit_generator(sequences) -> generator`` refits the cloud on a subset of
+    users, for out-of-fold training lists (``config.folds`` > 1).
     ``cloud_generator`` supplies the lists for ``collab`` training and for
     validation; without one, validation reranks random lists. The best epoch
     by validation reranking NDCG@10 is kept.
@@ -194,13 +203,15 @@ def train_reranker(arch: str, train_sequences: Sequence[np.ndarray],
         train_p = train_p.take(np.sort(rng.choice(len(train_p), config.max_examples, replace=False)))
     train_h = histories(seqs, train_p, max_len)
     valid_h = histories(seqs, valid_p, max_len)
-    valid_l = _valid_lists(cloud_generator, seqs, valid_p, config, n_items, rng, out)
+    cache = Path(config.cache_dir) if config.cache_dir else out / "cache"
+    source = _ListSource(cloud_generator, fit_generator, seqs, config, cache)
+    valid_l = _valid_lists(source, valid_p, config, n_items, rng)
     train_l = None
     if config.objective == "collab":
         assert cloud_generator is not None
         lags = rng.choice(np.asarray(config.lags), len(train_p))
         t0 = time.perf_counter()
-        raw = cloud_lists(cloud_generator, seqs, train_p, config.candidates, lags, cache_dir=out / "cache")
+        raw = source.lists(train_p, lags)
         lists, col = with_target(raw, train_p.targets)
         # Store the label in an extra last column so one gather per batch fetches both.
         train_l = np.concatenate([lists, col[:, None]], axis=1)
@@ -250,6 +261,37 @@ def train_reranker(arch: str, train_sequences: Sequence[np.ndarray],
     return RerankResult(out, arch, best_epoch, best_metrics, time.perf_counter() - start, trace)
 
 
+class _ListSource:
+    """Cloud lists for prefixes: in-sample from one generator, or out-of-fold (folds fitted once, lazily)."""
+
+    def __init__(self, generator: CandidateGenerator | None,
+                 fit: Callable[[list[np.ndarray]], CandidateGenerator] | None,
+                 seqs: list[np.ndarray], config: RerankTrainConfig, cache: Path) -> None:
+        self.generator, self.fit, self.seqs, self.config, self.cache = generator, fit, seqs, config, cache
+        self.folds = config.folds if fit is not None else 1
+        self.fold_of = np.random.default_rng(config.seed + 17).integers(0, max(self.folds, 1), len(seqs))
+        self._gens: dict[int, CandidateGenerator] = {}
+
+    def _gen(self, k: int) -> CandidateGenerator:
+        if k not in self._gens:
+            assert self.fit is not None
+            self._gens[k] = self.fit([s for i, s in enumerate(self.seqs) if self.fold_of[i] != k])
+        return self._gens[k]
+
+    def lists(self, p: Prefixes, lags: np.ndarray) -> np.ndarray:
+        c = self.config.candidates
+        if self.folds <= 1:
+            assert self.generator is not None
+            return cloud_lists(self.generator, self.seqs, p, c, lags, cache_dir=self.cache)
+        out = np.zeros((len(p), c), dtype=np.int64)
+        for k in range(self.folds):
+            rows = np.flatnonzero(self.fold_of[p.seq] == k)
+            if rows.size:
+                out[rows] = cloud_lists(self._gen(k), self.seqs, p.take(rows), c, lags[rows],
+                                        cache_dir=self.cache)
+        return out
+
+
 def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
              pool: int = 50) -> list[np.ndarray]:
     """Shuffled batches of examples with similar history lengths.
@@ -268,14 +310,31 @@ def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
     return [out[i] for i in rng.permutation(len(out))]
 
 
-def _valid_lists(generator: CandidateGenerator | None, seqs: list[np.ndarray], p: Prefixes,
-                 config: RerankTrainConfig, n_items: int, rng: np.random.Generator,
-                 out: Path) -> np.ndarray:
+def _valid_lists(source: _ListSource, p: Prefixes, config: RerankTrainConfig, n_items: int,
+                 rng: np.random.Generator) -> np.ndarray:
     """(V, C) validation lists: the cloud's stale list, or random items without a cloud."""
-    if generator is not None:
-        lags = np.full(len(p), config.valid_lag)
-        return cloud_lists(generator, seqs, p, config.candidates, lags, cache_dir=out / "cache")
+    if source.generator is not None:
+        return source.lists(p, np.full(len(p), config.valid_lag))
     lists = rng.integers(1, n_items + 1, (len(p), config.candidates))
     # Without a cloud every validation list holds its target, at a random place.
     lists[np.arange(len(p)), rng.integers(0, config.candidates, len(p))] = p.targets
     return lists
+
+
+def backend_fitter(backend: str, dataset: object, workdir: str | Path,
+                   options: dict[str, Any] | None = None) -> Callable[[list[np.ndarray]], CandidateGenerator]:
+    """A ``fit_generator`` for :func:`train_reranker`: trains cloud backend ``backend`` on given sequences.
+
+    Each call writes a model directory under ``workdir`` (fold0, fold1, ...).
+    Cheap for ``cooccurrence`` (seconds); a neural backend costs a training run per fold.
+    """
+    from cloud import backends
+
+    calls = [0]
+
+    def fit(sequences: list[np.ndarray]) -> CandidateGenerator:
+        d = Path(workdir) / f"fold{calls[0]}"
+        calls[0] += 1
+        return backends.load_generator(backends.train(backend, dataset, sequences, d, options))  # type: ignore[arg-type]
+
+    return fit

@@ -61,7 +61,7 @@ def test_random_phase_is_unbiased() -> None:
 @pytest.mark.parametrize("target", [0.05, 0.2])
 def test_quantile_tracker_meets_target(target: float) -> None:
     rng = np.random.default_rng(0)
-    t = QuantileTracker(target, threshold=0.0)  # a bad prior: far below the right threshold
+    t = QuantileTracker(target, threshold=0.0, window=1000)  # a bad prior: far below the right one
     scores = rng.beta(5, 2, 20000)
     over = np.array([t.update(float(s)) for s in scores])
     assert over[-10000:].mean() == pytest.approx(target, abs=0.02)

@@ -54,8 +54,9 @@ def test_budgeted_requests_on_high_disagreement_at_the_target_ratio() -> None:
     assert picked.mean() == pytest.approx(0.1, abs=0.01)
     dis = np.array([r == Reason.DISAGREEMENT for r in reasons])
     # Requests go to the events with the most disagreement.
-    assert scores[dis].mean() > 0.85 and dis.sum() > 0.6 * picked.sum()
-    assert abs(p.tracker.threshold - 0.9) < 0.1  # tracks the 90th percentile (it jitters by ~0.03)
+    assert scores[dis].mean() > 0.75 and dis.sum() > 0.75 * picked.sum()  # random picks average 0.5
+    # The trigger aims at boost * 10 % = 40 % of events: the 60th percentile.
+    assert abs(p.tracker.threshold - 0.6) < 0.1
 
 
 def test_housekeeping_reasons_and_free_cold_start() -> None:
