@@ -56,7 +56,36 @@ def sasrec(ds: Dataset, train: list[np.ndarray], valid: EvalSet, test: EvalSet,
     return ranks
 
 
+def gru4rec(ds: Dataset, train: list[np.ndarray], valid: EvalSet, test: EvalSet,
+            cfg: Any, seed: int) -> np.ndarray:
+    """GRU4Rec with cross-entropy over the full catalogue at each training prefix."""
+    import torch
+
+    from device.training import archs
+    from device.training.collab import RerankTrainConfig, train_reranker
+    from device.training.train import pad_left
+
+    out = Path(cfg.workdir) / ds.name / f"seed{seed}" / "loo-gru4rec"
+    train_reranker("gru4rec", _with_valid(train, valid), None, ds.n_items,
+                   RerankTrainConfig(objective="full", epochs=cfg.device_epochs,
+                                     time_budget_s=cfg.device_time_budget_s, seed=seed,
+                                     # a quick look (a user sample) trains on a sample too
+                                     max_examples=None if cfg.max_users is None else 50 * cfg.max_users,
+                                     model={k: v for k, v in cfg.device_model.items() if k == "dim"}), out)
+    model, _ = archs.load(out)
+    ranks = np.empty(len(test), dtype=np.int64)
+    with torch.no_grad():
+        for lo in range(0, len(test), 256):
+            hi = min(len(test), lo + 256)
+            h = torch.from_numpy(pad_left(test.histories[lo:hi], model.cfg.max_len))  # type: ignore[attr-defined]
+            scores = model.full_scores(h).numpy()  # type: ignore[operator]
+            ranks[lo:hi] = ranks_from_scores(scores, test.targets[lo:hi],
+                                             exclude=seen_mask(test.histories[lo:hi], ds.n_items))
+    return ranks
+
+
 BASELINES: dict[str, Baseline] = {
     "most-popular": most_popular,
     "sasrec": sasrec,
+    "gru4rec": gru4rec,
 }

@@ -59,7 +59,7 @@ class QualityConfig:
     device_model: dict[str, Any] = field(default_factory=dict)  # SASRec overrides
     measure: Measure = "rbo"
     measure_top: int = 20
-    baselines: tuple[str, ...] = ("most-popular", "sasrec")
+    baselines: tuple[str, ...] = ("most-popular", "sasrec", "gru4rec")
     max_users: int | None = None  # evaluate a sample of users (tests, quick looks)
     workdir: Path = Path("runs/bench")
 

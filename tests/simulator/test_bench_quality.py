@@ -15,7 +15,7 @@ from simulator.bench.quality import QualityConfig, calibrate_threshold, run
 def bench(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     cfg = QualityConfig(dataset="ml-100k", device_epochs=1, max_users=200,
                         device_model={"dim": 16, "layers": 1, "heads": 1},
-                        baselines=("most-popular", "sasrec"),
+                        baselines=("most-popular", "sasrec", "gru4rec"),
                         workdir=tmp_path_factory.mktemp("bench"))
     rows, infos = run(cfg)
     return cfg, rows, infos
@@ -40,7 +40,7 @@ def test_every_metric_is_a_probability(bench) -> None:  # type: ignore[no-untype
     _, rows, _ = bench
     variants = {r.variant for r in rows}
     assert {"cloud-stale", "cloud-fresh", "device-only", "fusion", "always-fresh", "random",
-            "disagreement", "LOO most-popular", "LOO sasrec"} <= variants
+            "disagreement", "LOO most-popular", "LOO sasrec", "LOO gru4rec"} <= variants
     for r in rows:
         for name in ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "recall@list"):
             assert 0.0 <= r.metrics[name] <= 1.0, (r.variant, name)
