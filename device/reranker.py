@@ -64,9 +64,14 @@ def _session(data: bytes, threads: int) -> ort.InferenceSession:
 
 
 class OnnxReranker:
-    def __init__(self, data: bytes, max_len: int, version: str, threads: int = 1) -> None:
+    def __init__(self, data: bytes, max_len: int, version: str, threads: int = 1,
+                 n_items: int | None = None) -> None:
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
+        if n_items is not None and n_items < 1:
+            raise ValueError(f"n_items must be >= 1, got {n_items}")
+        self.n_items = n_items  # catalogue size, when known: enables score_catalogue
+        self._catalogue = None if n_items is None else np.arange(1, n_items + 1, dtype=np.int64)[None, :]
         self.session = _session(data, threads)
         self.max_len = max_len
         self.version = version
@@ -75,9 +80,17 @@ class OnnxReranker:
 
     @classmethod
     def from_file(cls, path: str | Path, max_len: int, version: str | None = None,
-                  threads: int = 1) -> OnnxReranker:
+                  threads: int = 1, n_items: int | None = None) -> OnnxReranker:
         data = Path(path).read_bytes()
-        return cls(data, max_len, version or hashlib.sha256(data).hexdigest()[:12], threads)
+        return cls(data, max_len, version or hashlib.sha256(data).hexdigest()[:12], threads, n_items)
+
+    def score_catalogue(self, history: np.ndarray) -> np.ndarray | None:
+        """(N+1,) scores of every item id (index 0, padding, is -inf), or None if N is unknown."""
+        if self._catalogue is None:
+            return None
+        out = self.session.run(["scores"], {"history": self._history(history),
+                                            "candidates": self._catalogue})[0][0]
+        return np.concatenate([np.array([-np.inf], dtype=out.dtype), out])
 
     def score(self, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         if candidates.size == 0:

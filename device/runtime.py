@@ -39,7 +39,14 @@ from device.fusion import AlphaLearner, Scale, fuse
 from device.policy import NeverPolicy, PolicyInput, RequestFeedback, RequestPolicy
 from device.reranker import Reranker
 from device.store import CachedList, DeviceStore
-from shared.agreement import Measure, disagreement
+from shared.agreement import (
+    CATALOGUE_MEASURES,
+    Measure,
+    coverage_gap,
+    disagreement,
+    expected_regret,
+    softmax,
+)
 from shared.contract import CandidatesRequest, Reason
 
 log = logging.getLogger(__name__)
@@ -53,7 +60,9 @@ class RuntimeConfig:
     history_window: int = 50  # newest events sent with a request and fed to the reranker
     exclude_seen: bool = True  # never show what the user already consumed
     measure: Measure = "rbo"  # how device/cloud disagreement is measured
-    measure_top: int = 20  # depth of the comparison for rbo: the part of the list users see
+    # depth of the comparison: rbo's prefix, coverage's device top-k; regret compares the
+    # ``show`` items on screen (the device model scores the whole catalogue for both)
+    measure_top: int = 20
     scale: Scale = "rank"  # how cloud and device scores are made comparable before fusion
     learn_alpha: bool = False  # adapt alpha per device from the user's choices (starts at alpha)
     adapt: bool = False  # learn a per-user vector on the device (needs a model with embeddings)
@@ -117,6 +126,7 @@ class DeviceRuntime:
         self._shown = np.zeros(0, dtype=np.int64)
         self._disagreement = 0.0
         self._last: _Scored | None = None
+        self._warned_catalogue = False
         self._load_state()
         if self.cached is not None:
             self._rerank()
@@ -247,10 +257,35 @@ class DeviceRuntime:
         fused = fuse(cloud_scores, device_scores, self.alpha, self.config.scale)
         self._shown = items[np.argsort(-fused, kind="stable")]
         self._last = _Scored(items, cloud_scores, device_scores, raw, emb)
+        if self.config.measure in CATALOGUE_MEASURES:
+            self._disagreement = self._catalogue_disagreement(history)
+            return
         cloud_order = items[np.argsort(-cloud_scores, kind="stable")]
         device_order = items[np.argsort(-device_scores, kind="stable")]
         self._disagreement = disagreement(cloud_order, device_order, self.config.measure,
                                           self.config.measure_top)
+
+    def _catalogue_disagreement(self, history: np.ndarray) -> float:
+        """``regret`` or ``coverage`` from the device model's scores over the whole catalogue."""
+        score_all = getattr(self.reranker, "score_catalogue", None)
+        scores = score_all(history) if score_all is not None else None
+        if scores is None:  # a model that cannot score the catalogue: never a trigger
+            if not self._warned_catalogue:
+                log.warning("%s: measure %r needs a model that knows its catalogue size "
+                            "(n_items in its release config); disagreement stays 0",
+                            self.device_id, self.config.measure)
+                self._warned_catalogue = True
+            return 0.0
+        scores = np.array(scores, dtype=np.float64)
+        scores[0] = -np.inf
+        if self.config.exclude_seen:
+            seen = np.fromiter(self.store.seen(), dtype=np.int64)
+            scores[seen[(seen > 0) & (seen < scores.size)]] = -np.inf
+        if self.config.measure == "regret":
+            return expected_regret(softmax(scores), self._shown, self.config.show)
+        top = min(self.config.measure_top, scores.size - 1)
+        device_top = np.argpartition(-scores, top)[:top]
+        return coverage_gap(device_top, self.cached.items if self.cached is not None else self._shown)
 
     def _policy_input(self, now: float) -> PolicyInput:
         c = self.cached

@@ -151,7 +151,8 @@ def install(model: DeviceModel, model_dir: str | Path, threads: int = 1,
     d = Path(model_dir)
     config = verify(model, trusted, installed_sequence(d))
     try:
-        reranker = OnnxReranker(model.onnx, int(config["max_len"]), model.version, threads)
+        reranker = OnnxReranker(model.onnx, int(config["max_len"]), model.version, threads,
+                                _n_items(config))
     except ModelLoadError as e:
         raise ModelRejected(f"model {model.version}: {e}") from e
     d.mkdir(parents=True, exist_ok=True)
@@ -166,6 +167,12 @@ def install(model: DeviceModel, model_dir: str | Path, threads: int = 1,
     return reranker
 
 
+def _n_items(config: dict) -> int | None:  # type: ignore[type-arg]
+    """The catalogue size a release declares, if it declares a valid one."""
+    n = config.get("n_items")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else None
+
+
 def load_installed(model_dir: str | Path, threads: int = 1) -> OnnxReranker | None:
     """The model installed earlier in ``model_dir`` (digest re-checked), or None."""
     d = Path(model_dir)
@@ -175,7 +182,8 @@ def load_installed(model_dir: str | Path, threads: int = 1) -> OnnxReranker | No
         if hashlib.sha256(data).hexdigest() != pointer["sha256"]:
             log.warning("%s: installed model file is damaged; ignoring it", d)
             return None
-        return OnnxReranker(data, int(pointer["max_len"]), str(pointer["version"]), threads)
+        return OnnxReranker(data, int(pointer["max_len"]), str(pointer["version"]), threads,
+                            _n_items(pointer.get("config") or {}))
     if (d / "VERSION").is_file() and (d / "model.onnx").is_file():  # layout of older runtimes
         version, max_len = (d / "VERSION").read_text().split()[:2]
         return OnnxReranker.from_file(d / "model.onnx", int(max_len), version, threads)

@@ -16,7 +16,10 @@ from typing import Literal
 
 import numpy as np
 
-Measure = Literal["footrule", "kendall", "rbo", "coverage"]
+Measure = Literal["footrule", "kendall", "rbo", "coverage", "regret"]
+
+#: Measures that need the device model's scores over the whole catalogue, not only the list.
+CATALOGUE_MEASURES = ("coverage", "regret")
 
 
 def _positions(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -109,6 +112,38 @@ def coverage_gap(device_top: np.ndarray, cloud_list: np.ndarray) -> float:
     return float(1.0 - np.isin(device_top, np.asarray(cloud_list)).mean())
 
 
+def softmax(scores: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (..., N) scores; ``-inf`` entries get probability 0."""
+    s = np.asarray(scores, dtype=np.float64)
+    e = np.exp(s - s.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def expected_regret(probs: np.ndarray, shown: np.ndarray, k: int = 10) -> float:
+    """The DCG@k the shown list is expected to lose against the device model's own best list.
+
+    ``probs`` (N+1,) the device model's next-item distribution over the whole
+    catalogue (index = item id; seen items and padding at 0); ``shown`` the
+    item ids the user is shown, best first. Under the device's belief the
+    expected DCG@k of a list is the sum of ``p(item) / log2(position + 2)``;
+    the best list is the k most probable items. The difference is in [0, 1]:
+    0 when the list already holds the device's favourites in order, large
+    when the device is confident about items the list misses. Unlike the
+    order measures it weighs a disagreement by how predictable the user is,
+    which is where a fresh list pays off.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    disc = 1.0 / np.log2(np.arange(k) + 2.0)
+    kk = min(k, p.size)
+    best = np.sort(np.partition(p, p.size - kk)[p.size - kk:])[::-1]
+    s = np.asarray(shown, dtype=np.int64)[:k]
+    valid = (s > 0) & (s < p.size)  # padding or an unknown id earns nothing, keeps its slot
+    got = float((p[np.where(valid, s, 0)] * valid * disc[: s.size]).sum())
+    return float(np.clip((best * disc[:kk]).sum() - got, 0.0, 1.0))
+
+
 def disagreement(a: np.ndarray, b: np.ndarray, measure: Measure = "footrule", top: int | None = None) -> float:
     """A disagreement score in [0, 1] (0 = the rankings agree) by the chosen measure.
 
@@ -119,10 +154,13 @@ def disagreement(a: np.ndarray, b: np.ndarray, measure: Measure = "footrule", to
     """
     if measure == "coverage":
         return coverage_gap(b, a)
+    if measure == "regret":
+        raise ValueError("regret needs the device's catalogue distribution: use expected_regret")
     if measure == "footrule":
         return footrule(a, b)
     if measure == "kendall":
         return (1.0 - kendall_tau(a, b)) / 2.0
     if measure == "rbo":
         return 1.0 - rank_biased_overlap(a, b, depth=top)
-    raise ValueError(f"unknown disagreement measure {measure!r}; use footrule, kendall or rbo")
+    raise ValueError(f"unknown disagreement measure {measure!r}; "
+                     "use footrule, kendall, rbo, coverage or regret")

@@ -42,12 +42,10 @@ def _with_valid(train: list[np.ndarray], valid: EvalSet) -> list[np.ndarray]:
 
 def sasrec(ds: Dataset, train: list[np.ndarray], valid: EvalSet, test: EvalSet,
            cfg: Any, seed: int) -> np.ndarray:
-    from device.training.train import TrainConfig, load_sasrec, train_sasrec
+    from device.training.train import load_sasrec, train_sasrec
 
     out = Path(cfg.workdir) / ds.name / f"seed{seed}" / "loo-sasrec"
-    train_sasrec(_with_valid(train, valid), ds.n_items,
-                 TrainConfig(epochs=cfg.device_epochs, time_budget_s=cfg.device_time_budget_s,
-                             seed=seed, model=cfg.device_model), out)
+    train_sasrec(_with_valid(train, valid), ds.n_items, cfg.device_train_config(seed), out)
     model = load_sasrec(out)
     ranks = np.empty(len(test), dtype=np.int64)
     for lo, hi, scores in srm_full_scores(model, test.histories):
@@ -69,6 +67,8 @@ def gru4rec(ds: Dataset, train: list[np.ndarray], valid: EvalSet, test: EvalSet,
     train_reranker("gru4rec", _with_valid(train, valid), None, ds.n_items,
                    RerankTrainConfig(objective="full", epochs=cfg.device_epochs,
                                      time_budget_s=cfg.device_time_budget_s, seed=seed,
+                                     batch_size=cfg.device_batch_size, patience=cfg.device_patience,
+                                     threads=cfg.torch_threads(),
                                      # a quick look (a user sample) trains on a sample too
                                      max_examples=None if cfg.max_users is None else 50 * cfg.max_users,
                                      model={k: v for k, v in cfg.device_model.items() if k == "dim"}), out)

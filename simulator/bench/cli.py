@@ -9,6 +9,19 @@ import time
 from pathlib import Path
 
 
+def _options(pairs: list[str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--device-option wants KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def cmd_quality(ns: argparse.Namespace) -> int:
     from simulator.bench import report
     from simulator.bench.quality import QualityConfig, run
@@ -16,7 +29,10 @@ def cmd_quality(ns: argparse.Namespace) -> int:
     cfg = QualityConfig(dataset=ns.dataset, seeds=ns.seeds, cloud_backend=ns.cloud_backend,
                         device_epochs=ns.epochs, device_time_budget_s=ns.time_budget,
                         max_users=ns.users, workdir=Path(ns.workdir), measure=ns.measure,
-                        measure_top=ns.measure_top,
+                        measure_top=ns.measure_top, jobs=ns.jobs, threads=ns.threads,
+                        baseline_seeds=ns.baseline_seeds, device_batch_size=ns.batch_size,
+                        device_patience=ns.patience, candidates=ns.candidates,
+                        device_model=_options(ns.device_option),
                         baselines=tuple(ns.baseline) if ns.baseline else QualityConfig.baselines)
     start = time.perf_counter()
 
@@ -49,10 +65,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--epochs", type=int, default=200, help="device-model epochs (early stopping)")
     q.add_argument("--time-budget", type=float, default=1200.0,
                    help="seconds of training per device model")
-    q.add_argument("--measure", default="rbo", choices=["rbo", "footrule", "kendall", "coverage"],
+    q.add_argument("--measure", default="regret",
+                   choices=["regret", "rbo", "footrule", "kendall", "coverage"],
                    help="disagreement signal the request policy thresholds")
     q.add_argument("--measure-top", type=int, default=20,
                    help="depth: rbo's prefix, or coverage's device top-k")
+    q.add_argument("--candidates", type=int, default=100, help="length of the cloud's list")
+    q.add_argument("--batch-size", type=int, default=256, help="device-model training batch")
+    q.add_argument("--patience", type=int, default=3, help="epochs without validation gain")
+    q.add_argument("--device-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="SASRec setting, e.g. dropout=0.2 or dim=64 (JSON values)")
+    q.add_argument("--jobs", type=int, default=1,
+                   help="worker processes: seeds and baselines train side by side")
+    q.add_argument("--threads", type=int, help="torch threads per worker (default: cores / jobs)")
+    q.add_argument("--baseline-seeds", type=int,
+                   help="train the leave-one-out baselines for only the first N seeds")
     q.add_argument("--users", type=int, help="evaluate a sample of this many users")
     q.add_argument("--baseline", action="append", help="LOO baselines (default: all)")
     q.add_argument("--workdir", default="runs/bench")

@@ -22,8 +22,12 @@ lists, one for fresh lists: the device knows which it holds).
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +37,7 @@ import numpy as np
 from cloud import backends
 from device.fusion import fuse
 from device.policy import DisagreementPolicy, PolicyInput
-from shared.agreement import Measure, disagreement
+from shared.agreement import Measure, disagreement, expected_regret, softmax
 from shared.data import Dataset, load_dataset
 from shared.metrics import ranks_from_scores, ranks_in_lists, summarize
 from shared.splits import EvalSet, leave_one_out, stale_cloud_split
@@ -57,11 +61,29 @@ class QualityConfig:
     device_epochs: int = 200
     device_time_budget_s: float = 1200.0
     device_model: dict[str, Any] = field(default_factory=dict)  # SASRec overrides
-    measure: Measure = "rbo"
+    device_batch_size: int = 256
+    device_patience: int = 3
+    measure: Measure = "regret"
     measure_top: int = 20
     baselines: tuple[str, ...] = ("most-popular", "sasrec", "gru4rec")
+    baseline_seeds: int | None = None  # seeds the baselines are trained for (None: every seed)
     max_users: int | None = None  # evaluate a sample of users (tests, quick looks)
     workdir: Path = Path("runs/bench")
+    jobs: int = 1  # worker processes: seeds and baselines train side by side
+    threads: int | None = None  # torch threads per worker (None: the cores shared among jobs)
+
+    def torch_threads(self) -> int:
+        if self.threads is not None:
+            return max(1, self.threads)
+        return max(1, (os.cpu_count() or 1) // max(1, self.jobs))
+
+    def device_train_config(self, seed: int) -> Any:
+        from device.training.train import TrainConfig
+
+        return TrainConfig(epochs=self.device_epochs, time_budget_s=self.device_time_budget_s,
+                           seed=seed, batch_size=self.device_batch_size,
+                           patience=self.device_patience, threads=self.torch_threads(),
+                           model=self.device_model)
 
 
 @dataclass
@@ -106,6 +128,19 @@ def _coverage(histories: list[np.ndarray], items: np.ndarray, srm: Any, top: int
         tops = np.argpartition(-scores, top, axis=1)[:, :top]
         for j in range(lo, hi):
             out[j] = disagreement(items[j], tops[j - lo], "coverage")
+    return out
+
+
+def _regret(histories: list[np.ndarray], shown: np.ndarray, srm: Any, k: int,
+            n_items: int) -> np.ndarray:
+    """Per user: the expected DCG@k the shown (fused) list loses against the device's own best list."""
+    out = np.empty(shown.shape[0])
+    for lo, hi, scores in srm_full_scores(srm, histories):
+        scores[:, 0] = -np.inf
+        scores[seen_mask(histories[lo:hi], n_items)] = -np.inf
+        probs = softmax(scores)
+        for j in range(lo, hi):
+            out[j] = expected_regret(probs[j - lo], shown[j], k)
     return out
 
 
@@ -166,7 +201,7 @@ def _metrics(ranks: np.ndarray, in_list: np.ndarray | None = None) -> dict[str, 
 
 def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
              say: Callable[[str], None] = lambda s: None) -> tuple[list[Row], dict[str, Any]]:
-    from device.training.train import TrainConfig, load_sasrec, train_sasrec
+    from device.training.train import load_sasrec, train_sasrec
 
     rows: list[Row] = []
     info: dict[str, Any] = {}
@@ -190,9 +225,7 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
 
     t = time.perf_counter()
     say(f"seed {seed}: training the device model (SASRec)")
-    res = train_sasrec(split.train, ds.n_items,
-                       TrainConfig(epochs=cfg.device_epochs, time_budget_s=cfg.device_time_budget_s,
-                                   seed=seed, model=cfg.device_model), work / "device",
+    res = train_sasrec(split.train, ds.n_items, cfg.device_train_config(seed), work / "device",
                        progress=lambda e, loss, m: say(
                            f"seed {seed}: device epoch {e} loss {loss:.3f} "
                            f"valid NDCG@10 {m.get('NDCG@10', 0.0):.4f}"))
@@ -206,7 +239,14 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
     alpha_stale = _best_alpha(v.stale_items, v.stale_cloud, v.stale_srm, v.targets)
     alpha_fresh = _best_alpha(v.fresh_items, v.fresh_cloud, v.fresh_srm, v.targets)
     info.update(alpha_stale=alpha_stale, alpha_fresh=alpha_fresh)
-    if cfg.measure == "coverage":
+    y = te.targets
+    stale_r, stale_orders = _fused_ranks(te.stale_items, te.stale_cloud, te.stale_srm, alpha_stale, y)
+    fresh_r, _ = _fused_ranks(te.fresh_items, te.fresh_cloud, te.fresh_srm, alpha_fresh, y)
+    if cfg.measure == "regret":  # what the user is shown: the fused stale list's top 10
+        _, v_orders = _fused_ranks(v.stale_items, v.stale_cloud, v.stale_srm, alpha_stale, v.targets)
+        valid_dis = _regret(valid.histories, v_orders, srm, 10, ds.n_items)
+        test_dis = _regret(test.histories, stale_orders, srm, 10, ds.n_items)
+    elif cfg.measure == "coverage":
         valid_dis = _coverage(valid.histories, v.stale_items, srm, cfg.measure_top, ds.n_items)
         test_dis = _coverage(test.histories, te.stale_items, srm, cfg.measure_top, ds.n_items)
     else:
@@ -215,7 +255,6 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
         test_dis = _disagreements(te.stale_items, te.stale_cloud, te.stale_srm, cfg.measure,
                                   cfg.measure_top)
 
-    y = te.targets
     stale_in = (te.stale_items == y[:, None]).any(1)
     fresh_in = (te.fresh_items == y[:, None]).any(1)
     rows.append(Row("cloud-stale", None, seed, _metrics(ranks_in_lists(te.stale_items, y))))
@@ -225,8 +264,6 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
         dev_ranks[lo:hi] = ranks_from_scores(scores, y[lo:hi],
                                              exclude=seen_mask(test.histories[lo:hi], ds.n_items))
     rows.append(Row("device-only", None, seed, _metrics(dev_ranks, np.ones(len(y), bool))))
-    stale_r, _ = _fused_ranks(te.stale_items, te.stale_cloud, te.stale_srm, alpha_stale, y)
-    fresh_r, _ = _fused_ranks(te.fresh_items, te.fresh_cloud, te.fresh_srm, alpha_fresh, y)
     rows.append(Row("fusion", None, seed, _metrics(stale_r, stale_in)))
     rows.append(Row("always-fresh", None, seed, _metrics(fresh_r, fresh_in)))
 
@@ -247,39 +284,79 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
     return rows, info
 
 
-def run_baselines(ds: Dataset, cfg: QualityConfig, seed: int,
-                  say: Callable[[str], None] = lambda s: None) -> list[Row]:
-    """Leave-one-out, fresh history, full catalogue: most-popular, SASRec, GRU4Rec."""
+def run_baseline(ds: Dataset, cfg: QualityConfig, seed: int, name: str,
+                 say: Callable[[str], None] = lambda s: None) -> Row:
+    """One leave-one-out baseline (fresh history, full catalogue): most-popular, SASRec, GRU4Rec."""
     from simulator.bench.baselines import BASELINES
 
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; known: {sorted(BASELINES)}")
     split = leave_one_out(ds)
     test = split.test
     if cfg.max_users is not None:
         rng = np.random.default_rng(1234)
         test = test.take(np.sort(rng.choice(len(test), min(cfg.max_users, len(test)), replace=False)))
-    rows = []
-    for name in cfg.baselines:
-        if name not in BASELINES:
-            raise ValueError(f"unknown baseline {name!r}; known: {sorted(BASELINES)}")
-        say(f"seed {seed}: baseline {name} (leave-one-out)")
-        t = time.perf_counter()
-        ranks = BASELINES[name](ds, split.train, split.valid, test, cfg, seed)
-        m = _metrics(ranks, np.ones(len(ranks), bool))
-        m["train_s"] = time.perf_counter() - t
-        rows.append(Row(f"LOO {name}", None, seed, m))
-    return rows
+    say(f"seed {seed}: baseline {name} (leave-one-out)")
+    t = time.perf_counter()
+    ranks = BASELINES[name](ds, split.train, split.valid, test, cfg, seed)
+    m = _metrics(ranks, np.ones(len(ranks), bool))
+    m["train_s"] = time.perf_counter() - t
+    say(f"seed {seed}: baseline {name} NDCG@10 {m['NDCG@10']:.4f} in {m['train_s']:.0f}s")
+    return Row(f"LOO {name}", None, seed, m)
+
+
+def _tasks(cfg: QualityConfig) -> list[tuple[int, str | None]]:
+    """(seed, None) for each seed's stale-cloud variants, (seed, name) for each baseline run."""
+    b_seeds = cfg.seeds if cfg.baseline_seeds is None else min(cfg.baseline_seeds, cfg.seeds)
+    tasks: list[tuple[int, str | None]] = [(s, None) for s in range(cfg.seeds)]
+    tasks += [(s, b) for s in range(b_seeds) for b in cfg.baselines]
+    # Longest first, so the pool does not end on one long job: the seeds, then the
+    # neural baselines, then the instant ones.
+    return sorted(tasks, key=lambda t: (t[1] == "most-popular", t[1] is not None))
+
+
+def _stderr_say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _run_task(cfg: QualityConfig, task: tuple[int, str | None], say: Callable[[str], None],
+              ds: Dataset | None = None) -> tuple[list[Row], dict[str, Any] | None]:
+    ds = ds if ds is not None else load_dataset(cfg.dataset)
+    seed, baseline = task
+    if baseline is None:
+        return run_seed(ds, cfg, seed, say)
+    return [run_baseline(ds, cfg, seed, baseline, say)], None
+
+
+def _worker(cfg: QualityConfig, task: tuple[int, str | None]) -> tuple[list[Row], dict[str, Any] | None]:
+    if cfg.threads is None:
+        os.environ.setdefault("OMP_NUM_THREADS", str(cfg.torch_threads()))
+    return _run_task(cfg, task, _stderr_say)
 
 
 def run(cfg: QualityConfig, say: Callable[[str], None] = lambda s: None
         ) -> tuple[list[Row], list[dict[str, Any]]]:
+    """Every seed's variants and the baselines; with ``jobs`` > 1 in that many processes."""
+    if cfg.jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {cfg.jobs}")
     ds = load_dataset(cfg.dataset)
     say(ds.describe())
+    tasks = _tasks(cfg)
+    results: dict[tuple[int, str | None], tuple[list[Row], dict[str, Any] | None]] = {}
+    if cfg.jobs == 1:
+        for task in tasks:
+            results[task] = _run_task(cfg, task, say, ds)
+    else:
+        ctx = multiprocessing.get_context("spawn")  # no forked torch thread pools
+        with ProcessPoolExecutor(max_workers=min(cfg.jobs, len(tasks)), mp_context=ctx) as pool:
+            futures = {task: pool.submit(_worker, cfg, task) for task in tasks}
+            for task, fut in futures.items():
+                results[task] = fut.result()
     rows: list[Row] = []
-    infos = []
-    for seed in range(cfg.seeds):
-        seed_rows, info = run_seed(ds, cfg, seed, say)
+    infos: list[dict[str, Any]] = []
+    for seed in range(cfg.seeds):  # the same order whatever the number of jobs
+        seed_rows, info = results[(seed, None)]
         rows += seed_rows
-        if cfg.baselines:
-            rows += run_baselines(ds, cfg, seed, say)
-        infos.append(info)
+        infos.append(info or {})
+        rows += [r for t, (rs, _) in results.items() if t[0] == seed and t[1] is not None for r in rs]
     return rows, infos

@@ -110,3 +110,27 @@ def test_model_update_verifies_and_persists(tmp_path: Path, cloud) -> None:  # t
     assert update(client, "dev1", tmp_path / "model", rr) is rr  # already newest
     again = load_installed(tmp_path / "model")
     assert again is not None and again.version == "v1"
+
+
+def test_regret_measure_scores_the_whole_catalogue(tmp_path: Path, cloud, device_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    from shared.agreement import expected_regret, softmax
+
+    rr = OnnxReranker.from_file(device_model_dir / "model.onnx", 50, n_items=1682)
+    rt = make(tmp_path, cloud[0], rr, NeverPolicy(), measure="regret")
+    for i, item in enumerate([50, 100, 181, 258]):
+        rec = rt.record(item, 1.0 + i)
+    # By hand: the model's distribution over all 1,682 items, seen ones removed, against
+    # the ten items on screen.
+    scores = rr.score_catalogue(rt.store.recent(50)).astype(np.float64)
+    assert scores.shape == (1683,) and scores[0] == -np.inf
+    scores[[50, 100, 181, 258]] = -np.inf
+    want = expected_regret(softmax(scores), rec.items, 10)
+    assert 0.0 < rec.disagreement <= 1.0
+    assert rec.disagreement == pytest.approx(want, rel=1e-5)
+
+
+def test_regret_needs_the_catalogue_size(tmp_path: Path, cloud, reranker) -> None:  # type: ignore[no-untyped-def]
+    assert reranker.score_catalogue(np.array([1, 2])) is None
+    rt = make(tmp_path, cloud[0], reranker, NeverPolicy(), measure="regret")
+    assert rt.record(50, 1.0).disagreement == 0.0  # never a trigger without N; the list still shows
+    assert rt.record(100, 2.0).items.size == 10

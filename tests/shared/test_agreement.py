@@ -60,3 +60,33 @@ def test_coverage_gap() -> None:
     assert coverage_gap(np.array([2, 9]), cloud) == pytest.approx(0.5)
     assert coverage_gap(np.array([8, 9]), cloud) == 1.0
     assert disagreement(cloud, np.array([9, 1]), "coverage") == pytest.approx(0.5)
+
+
+def test_expected_regret_is_zero_for_the_device_favourites_in_order() -> None:
+    from shared.agreement import expected_regret
+
+    p = np.array([0.0, 0.5, 0.3, 0.1, 0.1])
+    assert expected_regret(p, np.array([1, 2, 3]), k=3) == pytest.approx(0.0)
+    # The same items in another order lose a little; missing the favourite loses more.
+    swapped = expected_regret(p, np.array([2, 1, 3]), k=3)
+    missing = expected_regret(p, np.array([3, 4, 2]), k=3)
+    assert 0.0 < swapped < missing <= 1.0
+    # By hand: best 0.5/1 + 0.3/log2(3) + 0.1/2; shown [3, 4, 2] gets 0.1 + 0.1/log2(3) + 0.3/2.
+    best = 0.5 + 0.3 / np.log2(3) + 0.1 / 2
+    got = 0.1 + 0.1 / np.log2(3) + 0.3 / 2
+    assert missing == pytest.approx(best - got)
+
+
+def test_expected_regret_grows_with_the_device_confidence() -> None:
+    from shared.agreement import expected_regret, softmax
+
+    shown = np.array([5, 6, 7])
+    sure = softmax(np.array([-np.inf, 8.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]))
+    unsure = softmax(np.array([-np.inf, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]))
+    assert sure[0] == 0.0 and sure.sum() == pytest.approx(1.0)
+    assert expected_regret(sure, shown, 3) > expected_regret(unsure, shown, 3) > 0.0
+    # Padding (0) and ids outside the catalogue in the shown list are ignored, not an error.
+    best = sure[1] + sure[2] / np.log2(3) + sure[3] / 2
+    assert expected_regret(sure, np.array([0, 99, 1]), 3) == pytest.approx(best - sure[1] / 2)
+    with pytest.raises(ValueError, match="k must be"):
+        expected_regret(sure, shown, 0)

@@ -71,3 +71,17 @@ def test_threshold_calibration() -> None:
     assert calibrate_threshold(scores, 0.0) == 1.0
     assert calibrate_threshold(scores, 1.0) < 0
     assert np.mean(scores > calibrate_threshold(scores, 0.2)) == pytest.approx(0.2, abs=0.01)
+
+
+def test_parallel_jobs_reproduce_one_process(tmp_path: Path) -> None:
+    """Seeds and baselines in worker processes give the same table as one process."""
+    kw = dict(dataset="ml-100k", seeds=2, baseline_seeds=1, device_epochs=1, max_users=100,
+              device_model={"dim": 16, "layers": 1, "heads": 1}, baselines=("most-popular",),
+              ratios=(0.0, 0.2, 1.0), threads=1)
+    one, _ = run(QualityConfig(**kw, jobs=1, workdir=tmp_path / "one"))  # type: ignore[arg-type]
+    two, _ = run(QualityConfig(**kw, jobs=2, workdir=tmp_path / "two"))  # type: ignore[arg-type]
+    assert [(r.variant, r.ratio, r.seed) for r in one] == [(r.variant, r.ratio, r.seed) for r in two]
+    assert [r.variant for r in one].count("LOO most-popular") == 1  # baselines for seed 0 only
+    for a, b in zip(one, two, strict=True):
+        quality = {k: v for k, v in a.metrics.items() if k != "train_s"}  # a wall time
+        assert quality == pytest.approx({k: b.metrics[k] for k in quality}), a.variant
