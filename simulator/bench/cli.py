@@ -32,7 +32,8 @@ def cmd_quality(ns: argparse.Namespace) -> int:
                         measure_top=ns.measure_top, jobs=ns.jobs, threads=ns.threads,
                         baseline_seeds=ns.baseline_seeds, device_batch_size=ns.batch_size,
                         device_patience=ns.patience, candidates=ns.candidates,
-                        device_model=_options(ns.device_option),
+                        device_model=_options(ns.device_option), reuse=ns.reuse,
+                        device_objective=ns.device_objective, device_folds=ns.device_folds,
                         baselines=tuple(ns.baseline) if ns.baseline else QualityConfig.baselines)
     start = time.perf_counter()
 
@@ -75,6 +76,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--patience", type=int, default=3, help="epochs without validation gain")
     q.add_argument("--device-option", action="append", default=[], metavar="KEY=VALUE",
                    help="SASRec setting, e.g. dropout=0.2 or dim=64 (JSON values)")
+    q.add_argument("--device-objective", choices=["full", "collab", "random"], default="full",
+                   help="full: SASRec over the catalogue; collab / random: then trained again "
+                        "on the cloud's lists / on random negatives")
+    q.add_argument("--device-folds", type=int, default=3,
+                   help="collab: out-of-fold cloud lists from this many refits of the cloud")
+    q.add_argument("--reuse", action="store_true",
+                   help="reuse models in --workdir trained with the same settings")
     q.add_argument("--jobs", type=int, default=1,
                    help="worker processes: seeds and baselines train side by side")
     q.add_argument("--threads", type=int, help="torch threads per worker (default: cores / jobs)")

@@ -21,6 +21,7 @@ lists, one for fresh lists: the device knows which it holds).
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
@@ -63,6 +64,12 @@ class QualityConfig:
     device_model: dict[str, Any] = field(default_factory=dict)  # SASRec overrides
     device_batch_size: int = 256
     device_patience: int = 3
+    # How the device model is trained: ``full`` (SASRec, cross-entropy over the catalogue), or
+    # that model trained again on lists (DESIGN.md): ``collab`` on the cloud's own candidate
+    # lists (out-of-fold, ``device_folds``), ``random`` on random negatives, same budget.
+    device_objective: str = "full"
+    device_folds: int = 3
+    reuse: bool = False  # reuse models already trained in workdir with the same settings
     measure: Measure = "regret"
     measure_top: int = 20
     baselines: tuple[str, ...] = ("most-popular", "sasrec", "gru4rec")
@@ -224,14 +231,24 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
     info["cloud_train_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    say(f"seed {seed}: training the device model (SASRec)")
-    res = train_sasrec(split.train, ds.n_items, cfg.device_train_config(seed), work / "device",
-                       progress=lambda e, loss, m: say(
-                           f"seed {seed}: device epoch {e} loss {loss:.3f} "
-                           f"valid NDCG@10 {m.get('NDCG@10', 0.0):.4f}"))
+    tc = cfg.device_train_config(seed)
+    if cfg.reuse and _trained_with(work / "device" / "sasrec.json", tc):
+        say(f"seed {seed}: reusing the device model (SASRec) in {work / 'device'}")
+        info["device_best_epoch"] = json.loads((work / "device" / "sasrec.json").read_text())["best_epoch"]
+    else:
+        say(f"seed {seed}: training the device model (SASRec)")
+        res = train_sasrec(split.train, ds.n_items, tc, work / "device",
+                           progress=lambda e, loss, m: say(
+                               f"seed {seed}: device epoch {e} loss {loss:.3f} "
+                               f"valid NDCG@10 {m.get('NDCG@10', 0.0):.4f}"))
+        info["device_best_epoch"] = res.best_epoch
     srm = load_sasrec(work / "device")
     info["device_train_s"] = time.perf_counter() - t
-    info["device_best_epoch"] = res.best_epoch
+    if cfg.device_objective != "full":
+        t = time.perf_counter()
+        srm = _train_on_lists(ds, cfg, seed, split.train, gen, srm, work, say)
+        info["device_list_train_s"] = time.perf_counter() - t
+    info["device_objective"] = cfg.device_objective
 
     say(f"seed {seed}: candidate lists and scores for {len(valid)} validation and {len(test)} test users")
     v = _lists(valid, gen_val, srm, cfg.candidates)
@@ -282,6 +299,46 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
         m["threshold"] = threshold
         rows.append(Row("disagreement", r, seed, m))
     return rows, info
+
+
+def _trained_with(meta_path: Path, tc: Any) -> bool:
+    """Whether ``meta_path`` records a finished training run with settings ``tc``."""
+    from dataclasses import asdict
+
+    try:
+        return json.loads(meta_path.read_text())["train"] == json.loads(json.dumps(asdict(tc)))
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def _train_on_lists(ds: Dataset, cfg: QualityConfig, seed: int, train: list[np.ndarray],
+                    gen: backends.CandidateGenerator, srm: Any, work: Path,
+                    say: Callable[[str], None]) -> Any:
+    """Train the full-catalogue SASRec again on lists: the cloud's (collab) or random ones."""
+    from device.training import archs
+    from device.training.collab import RerankTrainConfig, backend_fitter, train_reranker
+
+    if cfg.device_objective not in ("collab", "random"):
+        raise ValueError(f"device_objective must be full, collab or random, got {cfg.device_objective!r}")
+    init = archs.save(srm, work / "device-init")
+    out = work / f"device-{cfg.device_objective}"
+    rc = RerankTrainConfig(objective=cfg.device_objective, candidates=cfg.candidates,  # type: ignore[arg-type]
+                           valid_lag=cfg.lag, epochs=cfg.device_epochs,
+                           batch_size=cfg.device_batch_size, patience=cfg.device_patience,
+                           time_budget_s=cfg.device_time_budget_s, seed=seed,
+                           threads=cfg.torch_threads(), init_from=str(init),
+                           folds=cfg.device_folds if cfg.device_objective == "collab" else 1,
+                           max_examples=None if cfg.max_users is None else 50 * cfg.max_users)
+    fit = (backend_fitter(cfg.cloud_backend, ds, work / "device-folds", cfg.cloud_options)
+           if rc.folds > 1 else None)
+    say(f"seed {seed}: training the device model again on {cfg.device_objective} lists")
+    res = train_reranker("sasrec", train, gen, ds.n_items, rc, out, fit_generator=fit,
+                         progress=lambda e, loss, m: say(
+                             f"seed {seed}: {cfg.device_objective} epoch {e} loss {loss:.3f} "
+                             f"valid rerank NDCG@10 {m.get('NDCG@10', 0.0):.4f}"))
+    say(f"seed {seed}: {cfg.device_objective} training kept epoch {res.best_epoch}")
+    model, _ = archs.load(out)
+    return model
 
 
 def run_baseline(ds: Dataset, cfg: QualityConfig, seed: int, name: str,

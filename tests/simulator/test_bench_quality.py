@@ -85,3 +85,19 @@ def test_parallel_jobs_reproduce_one_process(tmp_path: Path) -> None:
     for a, b in zip(one, two, strict=True):
         quality = {k: v for k, v in a.metrics.items() if k != "train_s"}  # a wall time
         assert quality == pytest.approx({k: b.metrics[k] for k in quality}), a.variant
+
+
+@pytest.mark.parametrize("objective", ["collab", "random"])
+def test_device_model_trained_again_on_lists(tmp_path: Path, objective: str) -> None:
+    cfg = QualityConfig(dataset="ml-100k", device_epochs=1, max_users=100, baselines=(),
+                        device_model={"dim": 16, "layers": 1, "heads": 1}, ratios=(0.0, 1.0),
+                        device_objective=objective, device_folds=2, threads=1,
+                        workdir=tmp_path)
+    rows, infos = run(cfg)
+    assert infos[0]["device_objective"] == objective and infos[0]["device_list_train_s"] > 0
+    assert (tmp_path / "ml-100k" / "seed0" / f"device-{objective}" / "reranker.json").is_file()
+    assert get(rows, "disagreement", 1.0)["NDCG@10"] == pytest.approx(get(rows, "always-fresh")["NDCG@10"])
+    # A second run with reuse takes the full model from disk instead of training it again.
+    before = (tmp_path / "ml-100k" / "seed0" / "device" / "sasrec.pt").stat().st_mtime_ns
+    run(QualityConfig(**{**cfg.__dict__, "reuse": True}))
+    assert (tmp_path / "ml-100k" / "seed0" / "device" / "sasrec.pt").stat().st_mtime_ns == before
