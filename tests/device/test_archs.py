@@ -57,3 +57,20 @@ def test_save_load_round_trip_and_bad_names(tmp_path: Path) -> None:
         archs.build("bert4rec", 10)
     with pytest.raises(ValueError, match="unknown din options"):
         archs.build("din", 10, {"layers": 3})
+
+
+def test_sasrec_last_position_path_equals_the_full_encoder() -> None:
+    """Scoring computes only the newest position in the final block; the answer is the same."""
+    import torch
+
+    from device.training.sasrec import SASRec, SASRecConfig
+
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(n_items=300, layers=3)).eval()
+    hist = torch.randint(1, 301, (4, 50))
+    hist[0, :45] = 0  # short history, left-padded
+    hist[1, :] = 0  # empty history
+    with torch.no_grad():
+        full = model.encode(hist)[:, -1]
+        assert torch.allclose(model.encode_last(hist), full, atol=1e-5)
+        assert torch.allclose(model.full_scores(hist), full @ model.item_emb.weight.T, atol=1e-4)
