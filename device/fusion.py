@@ -35,20 +35,33 @@ import numpy as np
 Scale = Literal["rank", "zscore"]
 
 
-def rank_scores(scores: np.ndarray) -> np.ndarray:
-    """(C,) scores -> (C,) float32 in [0, 1]: 1 for the best, 0 for the worst, ties share the better rank."""
+def descending_order(scores: np.ndarray) -> np.ndarray:
+    """(C,) indices of ``scores`` (C,) best first; equal scores keep their list order."""
+    return (-np.asarray(scores)).argsort(kind="stable")
+
+
+def rank_scores(scores: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
+    """(C,) scores -> (C,) float32 in [0, 1]: 1 for the best, 0 for the worst, ties share the better rank.
+
+    ``order`` is :func:`descending_order` of ``scores`` when the caller already has it.
+    Infinite scores never tie (as with differences, ``inf - inf`` is not 0).
+    """
     scores = np.asarray(scores, dtype=np.float64)
     c = scores.size
     if c <= 1:
         return np.ones(c, dtype=np.float32)
-    order = np.argsort(-scores, kind="stable")
-    ranks = np.empty(c, dtype=np.float64)
-    ranks[order] = np.arange(c)
+    if order is None:
+        order = descending_order(scores)
+    ranked = scores[order]
+    start = np.arange(c)
     # Tied scores get the best rank among them, so ties cannot reorder the list.
-    sorted_scores = scores[order]
-    first = np.r_[0, np.flatnonzero(np.diff(sorted_scores) != 0) + 1]
-    group_start = np.repeat(first, np.diff(np.r_[first, c]))
-    ranks[order] = group_start
+    tied = ranked[1:] == ranked[:-1]
+    if tied.any():
+        tied &= np.isfinite(ranked[1:])
+        start[1:][tied] = 0
+        np.maximum.accumulate(start, out=start)
+    ranks = np.empty(c, dtype=np.float64)
+    ranks[order] = start
     return (1.0 - ranks / (c - 1)).astype(np.float32)
 
 
@@ -64,22 +77,34 @@ def zscores(scores: np.ndarray) -> np.ndarray:
     return ((s - s.mean()) / std if std > 0 else np.zeros_like(s)).astype(np.float32)
 
 
-def normalise(scores: np.ndarray, scale: Scale = "rank") -> np.ndarray:
+def normalise(scores: np.ndarray, scale: Scale = "rank", order: np.ndarray | None = None) -> np.ndarray:
+    """(C,) ``scores`` on the common ``scale``; ``order`` (rank only) as in :func:`rank_scores`."""
     if scale == "rank":
-        return rank_scores(scores)
+        return rank_scores(scores, order)
     if scale == "zscore":
         return zscores(scores)
     raise ValueError(f"unknown fusion scale {scale!r}; use rank or zscore")
 
 
+def _check(cloud: np.ndarray, device: np.ndarray, alpha: float) -> None:
+    """Raise ValueError unless ``alpha`` is in [0, 1] and both sides have one shape."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if cloud.shape != device.shape:
+        raise ValueError(f"score shapes differ: {cloud.shape} vs {device.shape}")
+
+
+def blend(cloud: np.ndarray, device: np.ndarray, alpha: float) -> np.ndarray:
+    """(C,) ``alpha * cloud + (1 - alpha) * device`` of scores already :func:`normalise`-d."""
+    _check(cloud, device, alpha)
+    return alpha * cloud + (1.0 - alpha) * device
+
+
 def fuse(cloud_scores: np.ndarray, device_scores: np.ndarray, alpha: float,
          scale: Scale = "rank") -> np.ndarray:
     """(C,) fused scores; ``alpha`` in [0, 1] is the cloud's weight."""
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    if cloud_scores.shape != device_scores.shape:
-        raise ValueError(f"score shapes differ: {cloud_scores.shape} vs {device_scores.shape}")
-    return alpha * normalise(cloud_scores, scale) + (1.0 - alpha) * normalise(device_scores, scale)
+    _check(cloud_scores, device_scores, alpha)
+    return blend(normalise(cloud_scores, scale), normalise(device_scores, scale), alpha)
 
 
 def rank_of(fused: np.ndarray, chosen: int) -> np.ndarray:

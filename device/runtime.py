@@ -28,14 +28,14 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from device.adapt import UserAdapter
 from device.client import CloudClient, CloudRejected, CloudUnavailable
-from device.fusion import AlphaLearner, Scale, fuse
+from device.fusion import AlphaLearner, Scale, blend, descending_order, normalise
 from device.policy import NeverPolicy, PolicyInput, RequestFeedback, RequestPolicy
 from device.reranker import Reranker
 from device.store import CachedList, DeviceStore
@@ -103,6 +103,30 @@ class _Scored:
     emb: np.ndarray | None
 
 
+@dataclass
+class _Live:
+    """The cached candidates not consumed yet: ``items`` (C,) and their cloud ``scores`` (C,).
+
+    Valid while the runtime holds ``source`` and the store's ``seen`` set (which only
+    grows) has ``n_seen`` items; ``seen`` is None when consumed items are not excluded.
+    """
+
+    source: CachedList
+    seen: set[int] | None
+    n_seen: int
+    items: np.ndarray
+    scores: np.ndarray
+    _cloud: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    def cloud(self, scale: Scale) -> tuple[np.ndarray, np.ndarray]:
+        """(cloud scores on ``scale`` (C,), items in the cloud's order (C,)), computed once per scale."""
+        got = self._cloud.get(scale)
+        if got is None:
+            order = descending_order(self.scores)
+            got = self._cloud[scale] = (normalise(self.scores, scale, order), self.items[order])
+        return got
+
+
 class DeviceRuntime:
     def __init__(self, device_id: str, store: DeviceStore, reranker: Reranker | None,
                  client: CloudClient | None, policy: RequestPolicy | None = None,
@@ -126,6 +150,7 @@ class DeviceRuntime:
         self._shown = np.zeros(0, dtype=np.int64)
         self._disagreement = 0.0
         self._last: _Scored | None = None
+        self._live: _Live | None = None
         self._warned_catalogue = False
         self._load_state()
         if self.cached is not None:
@@ -147,9 +172,13 @@ class DeviceRuntime:
     def record(self, item_id: int, ts: float | None = None) -> Recommendation:
         """Handle one behaviour event; returns what to show next."""
         now = self.clock() if ts is None else ts
+        item = int(item_id)
+        unseen = item not in self.store.seen()
         self.store.append(item_id, now)  # durable first: nothing below may lose it
+        if unseen:
+            self._consumed(item)
         self.events_since_request += 1
-        self._learn(int(item_id))
+        self._learn(item)
         self._rerank()
         reason = self.policy.decide(self._policy_input(now))
         ok = False
@@ -201,6 +230,8 @@ class DeviceRuntime:
 
     # --- learning from the user's choices ------------------------------------------------------
     def _learn(self, item: int) -> None:
+        if self.alpha_learner is None and self.adapter is None:
+            return
         last = self._last
         if last is None or last.items.size == 0:
             return
@@ -218,14 +249,33 @@ class DeviceRuntime:
                 self.adapter.update(last.raw, last.emb, chosen)
 
     # --- internals ----------------------------------------------------------------------------
-    def _live_candidates(self) -> tuple[np.ndarray, np.ndarray]:
-        assert self.cached is not None
-        items, scores = self.cached.items, self.cached.scores
-        if self.config.exclude_seen:
-            seen = self.store.seen()
-            keep = np.fromiter((int(i) not in seen for i in items), dtype=bool, count=items.size)
-            items, scores = items[keep], scores[keep]
-        return items, scores
+    def _live_candidates(self) -> _Live:
+        """The cached candidates to rank now (without consumed items when ``exclude_seen``)."""
+        cached = self.cached
+        assert cached is not None
+        live = self._live
+        if not self.config.exclude_seen:
+            if live is None or live.source is not cached or live.seen is not None:
+                live = self._live = _Live(cached, None, 0, cached.items, cached.scores)
+            return live
+        seen = self.store.seen()
+        if live is None or live.source is not cached or live.seen is not seen or live.n_seen != len(seen):
+            keep = np.array([i not in seen for i in cached.items.tolist()], dtype=bool)
+            live = self._live = _Live(cached, seen, len(seen), cached.items[keep], cached.scores[keep])
+        return live
+
+    def _consumed(self, item: int) -> None:
+        """Keep the live candidates in step with ``item``, just added to the store's seen set."""
+        live = self._live
+        seen = self.store.seen()
+        if live is None or live.seen is not seen or live.n_seen + 1 != len(seen):
+            return  # not filtered against the set one item ago: the next rerank filters afresh
+        drop = live.items == item
+        if drop.any():
+            keep = ~drop
+            self._live = _Live(live.source, seen, len(seen), live.items[keep], live.scores[keep])
+        else:
+            live.n_seen = len(seen)
 
     def _device_scores(self, history: np.ndarray,
                        items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -248,20 +298,24 @@ class DeviceRuntime:
             self._shown = np.zeros(0, dtype=np.int64)
             self._disagreement, self._last = 0.0, None
             return
-        items, cloud_scores = self._live_candidates()
+        live = self._live_candidates()
+        items, cloud_scores = live.items, live.scores
         if items.size == 0 or self.reranker is None:
             self._shown, self._disagreement, self._last = items, 0.0, None
             return
         history = self.store.recent(self.config.history_window)
         device_scores, raw, emb = self._device_scores(history, items)
-        fused = fuse(cloud_scores, device_scores, self.alpha, self.config.scale)
-        self._shown = items[np.argsort(-fused, kind="stable")]
+        scale = self.config.scale
+        catalogue = self.config.measure in CATALOGUE_MEASURES
+        order = descending_order(device_scores) if scale == "rank" or not catalogue else None
+        cloud_norm, cloud_order = live.cloud(scale)
+        fused = blend(cloud_norm, normalise(device_scores, scale, order), self.alpha)
+        self._shown = items[descending_order(fused)]
         self._last = _Scored(items, cloud_scores, device_scores, raw, emb)
-        if self.config.measure in CATALOGUE_MEASURES:
+        if catalogue:
             self._disagreement = self._catalogue_disagreement(history)
             return
-        cloud_order = items[np.argsort(-cloud_scores, kind="stable")]
-        device_order = items[np.argsort(-device_scores, kind="stable")]
+        device_order = items[order]
         self._disagreement = disagreement(cloud_order, device_order, self.config.measure,
                                           self.config.measure_top)
 

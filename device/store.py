@@ -25,7 +25,6 @@ import json
 import logging
 import sqlite3
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -83,6 +82,32 @@ class StoreError(RuntimeError):
     """The SQLite file is unusable (corrupt, newer schema, unwritable)."""
 
 
+class _Tail:
+    """The newest ``cap`` values of a stream in a numpy buffer: O(1) appends, slices without conversion."""
+
+    def __init__(self, cap: int, dtype: type[np.generic]) -> None:
+        self.cap = max(cap, 0)
+        self._buf = np.zeros(2 * self.cap, dtype=dtype)
+        self._end = 0  # one past the newest value
+        self._size = 0
+
+    def append(self, value: float) -> None:
+        if self.cap == 0:
+            return
+        if self._end == self._buf.size:  # full: move the newest cap - 1 values to the front
+            keep = self.cap - 1
+            self._buf[:keep] = self._buf[self._end - keep:self._end]
+            self._end = keep
+        self._buf[self._end] = value
+        self._end += 1
+        self._size = min(self._size + 1, self.cap)
+
+    def newest(self, n: int) -> np.ndarray:
+        """(<=n,) a copy of the newest ``n`` values, oldest first."""
+        n = min(max(n, 0), self._size)
+        return self._buf[self._end - n:self._end].copy()
+
+
 class DeviceStore:
     def __init__(self, path: str | Path, durability: Durability = "NORMAL",
                  history_cache: int = 200, limits: StoreLimits | None = None) -> None:
@@ -105,8 +130,8 @@ class DeviceStore:
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path}: cannot open device store: {e}") from e
         self.conn = conn
-        self._tail: deque[int] = deque(maxlen=history_cache)
-        self._tail_ts: deque[float] = deque(maxlen=history_cache)
+        self._tail = _Tail(history_cache, np.int64)
+        self._tail_ts = _Tail(history_cache, np.float64)
         rows = conn.execute(
             "SELECT item_id, ts FROM (SELECT id, item_id, ts FROM events ORDER BY id DESC LIMIT ?) "
             "ORDER BY id", (history_cache,)).fetchall()
@@ -172,13 +197,11 @@ class DeviceStore:
 
     def recent(self, n: int) -> np.ndarray:
         """(<=n,) the newest ``n`` item ids, oldest first."""
-        if n <= 0:
-            return np.zeros(0, dtype=np.int64)
-        tail = list(self._tail)[-n:]
-        return np.asarray(tail, dtype=np.int64)
+        return self._tail.newest(n)
 
     def recent_times(self, n: int) -> np.ndarray:
-        return np.asarray(list(self._tail_ts)[-n:], dtype=np.float64)
+        """(<=n,) the timestamps of the newest ``n`` events, oldest first."""
+        return self._tail_ts.newest(n)
 
     def seen(self) -> set[int]:
         """Every item the user consumed, including those of pruned events."""

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device.store import CachedList, DeviceStore, StoreError
+from device.store import CachedList, DeviceStore, StoreError, _Tail
 
 
 def test_events_survive_reopen(tmp_path: Path) -> None:
@@ -21,6 +21,34 @@ def test_events_survive_reopen(tmp_path: Path) -> None:
     assert s.seen() == {5, 7, 9}
     assert s.events()[0] == (5, 100.0)
     assert s.integrity_ok()
+
+
+@pytest.mark.parametrize("cap", [0, 1, 3, 7])
+def test_tail_keeps_the_newest_values_like_a_bounded_deque(cap: int) -> None:
+    from collections import deque
+
+    tail, ref = _Tail(cap, np.int64), deque(maxlen=cap)
+    for v in range(40):
+        tail.append(v)
+        ref.append(v)
+        for n in (-1, 0, 1, 2, cap, cap + 5):
+            want = list(ref)[-n:] if n > 0 else []
+            got = tail.newest(n)
+            assert got.dtype == np.int64 and got.tolist() == want
+    tail.newest(cap)[:] = -1  # a copy: the caller cannot change the store's history
+    assert tail.newest(cap).tolist() == list(ref)
+
+
+def test_recent_follows_appends_past_the_history_cache(tmp_path: Path) -> None:
+    s = DeviceStore(tmp_path / "d.sqlite", history_cache=5)
+    s.append_many(np.arange(1, 4), np.arange(1, 4, dtype=float))
+    for i in range(4, 13):
+        s.append(i, float(i))
+    assert s.recent(50).tolist() == [8, 9, 10, 11, 12]
+    assert s.recent_times(2).tolist() == [11.0, 12.0]
+    s.close()
+    s = DeviceStore(tmp_path / "d.sqlite", history_cache=5)
+    assert s.recent(3).tolist() == [10, 11, 12] and s.recent(0).size == 0
 
 
 def test_candidate_cache_round_trip(tmp_path: Path) -> None:
