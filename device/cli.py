@@ -112,6 +112,8 @@ def cmd_eval_rerank(ns: argparse.Namespace) -> int:
     from device.training.collab import load_scorer
     from device.training.rerank_eval import build_lists, evaluate, format_table
 
+    ns.alpha = ns.alpha or [0.5]
+    ns.ratio = ns.ratio or [0.05, 0.2]
     ds, train, split = _split_sequences(ns)
     if ns.split != "stale":
         raise ValueError("eval-rerank runs the stale-cloud split (--split stale)")
@@ -205,10 +207,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--count", type=int, default=100, help="cloud list length")
     q.add_argument("--alpha", type=float, action="append", help="cloud weight(s) in fusion")
     q.add_argument("--scale", choices=["rank", "zscore"], default="zscore")
-    q.add_argument("--measure", choices=["rbo", "footrule", "kendall", "entropy"], default="rbo")
+    q.add_argument("--measure", choices=["rbo", "footrule", "kendall"], default="rbo",
+                   help="order measure of the budgeted variant (catalogue measures such as regret: "
+                        "dcrec bench quality)")
     q.add_argument("--ratio", type=float, action="append", help="request ratio(s) to compare")
     q.add_argument("--max-users", type=int)
-    q.set_defaults(fn=cmd_eval_rerank, alpha=None, ratio=None)
+    q.set_defaults(fn=cmd_eval_rerank)
 
     q = device.add_parser("bench-latency", help="ONNX Runtime vs torch eager per-event reranking latency")
     q.add_argument("--model-dir", help="trained model (default: an untrained one of --arch)")
