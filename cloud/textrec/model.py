@@ -39,7 +39,7 @@ class TextRecConfig:
     n_heads: int = 2
     max_len: int = 50  # history positions the encoder sees; older items are dropped
     ffn_mult: int = 1  # SASRec's narrow feed-forward: a wider one overfits sparse Beauty data
-    dropout: float = 0.5  # on embeddings and inside blocks; sparse data needs heavy dropout
+    dropout: float = 0.2  # on embeddings and inside blocks
     use_text: bool = True  # False gives the id-only ablation (SASRec with CE loss)
     use_id: bool = True  # False gives a text-only model (every item is cold)
     id_init_from_text: float = 0.0  # if > 0, id vectors start as the text's principal components at this std (else random)

@@ -42,10 +42,10 @@ BEST = "best.pt"
 @dataclass
 class TrainConfig:
     epochs: int = 200  # an upper bound; early stopping usually ends training first
-    batch_size: int = 128
+    batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.0
-    patience: int = 10  # epochs without a better validation NDCG@10 before stopping
+    patience: int = 5  # epochs without a better validation NDCG@10 before stopping
     seed: int = 0
     time_budget_min: float = 40.0  # stop (keeping the best weights) once an epoch would pass this
     threads: int = 1  # torch intra-op threads: on a shared CPU two threads spin-wait and run slower than one
