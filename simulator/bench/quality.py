@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from cloud import backends
+from device.budget import TokenBucket
 from device.fusion import fuse
 from device.policy import DisagreementPolicy, PolicyInput
 from shared.agreement import Measure, disagreement, expected_regret, softmax
@@ -70,6 +71,7 @@ class QualityConfig:
     device_objective: str = "full"
     device_folds: int = 3
     reuse: bool = False  # reuse models already trained in workdir with the same settings
+    random_draws: int = 20  # random-request variant: metrics averaged over this many draws
     measure: Measure = "regret"
     measure_top: int = 20
     baselines: tuple[str, ...] = ("most-popular", "sasrec", "gru4rec")
@@ -151,14 +153,24 @@ def _regret(histories: list[np.ndarray], shown: np.ndarray, srm: Any, k: int,
     return out
 
 
-def _policy_requests(dis: np.ndarray, threshold: float) -> np.ndarray:
-    """Ask the runtime's policy, user by user, whether this disagreement triggers a request."""
+def _policy_requests(dis: np.ndarray, threshold: float, ratio: float, seed: int,
+                     capacity: float = 2.0) -> np.ndarray:
+    """Ask the runtime's policy, user by user, whether this disagreement triggers a request.
+
+    Users decide one after another in a random order, under a token bucket
+    refilled ``ratio`` tokens per user (the runtime's :class:`~device.budget.TokenBucket`):
+    a threshold calibrated on other users may fire more often than the budget
+    allows, and the bucket then refuses, as on a device, so the requests never
+    exceed ``ratio`` of the users (plus the bucket's capacity).
+    """
     policy = DisagreementPolicy(threshold=float(np.clip(threshold, 0.0, 1.0)))
+    bucket = TokenBucket(ratio, capacity)
     out = np.zeros(dis.size, dtype=bool)
-    for j, d in enumerate(dis):
+    for j in np.random.default_rng([seed, 7]).permutation(dis.size):
+        bucket.tick()
         state = PolicyInput(now=0.0, has_list=True, list_age_s=0.0, ttl_s=float("inf"),
-                            remaining=1, total=1, disagreement=float(d), events_since_request=1)
-        out[j] = policy.decide(state) is not None
+                            remaining=1, total=1, disagreement=float(dis[j]), events_since_request=1)
+        out[j] = policy.decide(state) is not None and bucket.try_spend()
     return out
 
 
@@ -286,14 +298,19 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
 
     rng = np.random.default_rng(seed)
     for r in cfg.ratios:
+        # Random requests: the mean over draws, so the baseline is not one lucky or unlucky draw.
         k = int(round(r * len(y)))
-        pick = np.zeros(len(y), dtype=bool)
-        pick[rng.choice(len(y), k, replace=False)] = True
-        m = _metrics(np.where(pick, fresh_r, stale_r), np.where(pick, fresh_in, stale_in))
-        m["measured_ratio"] = float(pick.mean())
+        draws = []
+        for _ in range(cfg.random_draws):
+            pick = np.zeros(len(y), dtype=bool)
+            pick[rng.choice(len(y), k, replace=False)] = True
+            draws.append(_metrics(np.where(pick, fresh_r, stale_r), np.where(pick, fresh_in, stale_in)))
+        m = {name: float(np.mean([d[name] for d in draws])) for name in draws[0]}
+        m["measured_ratio"] = k / len(y)
         rows.append(Row("random", r, seed, m))
         threshold = calibrate_threshold(valid_dis, r)
-        ask = _policy_requests(test_dis, threshold) if 0.0 < r < 1.0 else np.full(len(y), r >= 1.0)
+        ask = (_policy_requests(test_dis, threshold, r, seed) if 0.0 < r < 1.0
+               else np.full(len(y), r >= 1.0))
         m = _metrics(np.where(ask, fresh_r, stale_r), np.where(ask, fresh_in, stale_in))
         m["measured_ratio"] = float(ask.mean())
         m["threshold"] = threshold

@@ -34,6 +34,9 @@ def test_ratio_extremes_equal_the_bounds(bench) -> None:  # type: ignore[no-unty
         assert get(rows, variant, 0.0)["measured_ratio"] == 0.0
         assert get(rows, variant, 1.0)["measured_ratio"] == 1.0
     assert get(rows, "random", 0.2)["measured_ratio"] == pytest.approx(0.2)
+    # The bucket caps the disagreement requests at the budget (200 users, capacity 2 tokens).
+    for r in (0.05, 0.1, 0.2, 0.3, 0.5):
+        assert 0.0 < get(rows, "disagreement", r)["measured_ratio"] <= r + 2 / 200
 
 
 def test_every_metric_is_a_probability(bench) -> None:  # type: ignore[no-untyped-def]
