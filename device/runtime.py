@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
@@ -63,6 +64,7 @@ class RuntimeConfig:
     # depth of the comparison: rbo's prefix, coverage's device top-k; regret compares the
     # ``show`` items on screen (the device model scores the whole catalogue for both)
     measure_top: int = 20
+    regret_temperature: float = 2.0  # softmax temperature of the device distribution for regret
     scale: Scale = "rank"  # how cloud and device scores are made comparable before fusion
     learn_alpha: bool = False  # adapt alpha per device from the user's choices (starts at alpha)
     adapt: bool = False  # learn a per-user vector on the device (needs a model with embeddings)
@@ -79,6 +81,10 @@ class RuntimeConfig:
             raise ValueError(f"scale must be rank or zscore, got {self.scale!r}")
         if self.persist_every < 1:
             raise ValueError("persist_every must be >= 1")
+        if self.measure not in get_args(Measure):
+            raise ValueError(f"unknown measure {self.measure!r}; use one of {', '.join(get_args(Measure))}")
+        if self.regret_temperature <= 0:
+            raise ValueError(f"regret_temperature must be > 0, got {self.regret_temperature}")
 
 
 @dataclass(frozen=True)
@@ -336,7 +342,8 @@ class DeviceRuntime:
             seen = np.fromiter(self.store.seen(), dtype=np.int64)
             scores[seen[(seen > 0) & (seen < scores.size)]] = -np.inf
         if self.config.measure == "regret":
-            return expected_regret(softmax(scores), self._shown, self.config.show)
+            return expected_regret(softmax(scores, self.config.regret_temperature), self._shown,
+                                   self.config.show)
         top = min(self.config.measure_top, scores.size - 1)
         device_top = np.argpartition(-scores, top)[:top]
         return coverage_gap(device_top, self.cached.items if self.cached is not None else self._shown)

@@ -112,9 +112,15 @@ def coverage_gap(device_top: np.ndarray, cloud_list: np.ndarray) -> float:
     return float(1.0 - np.isin(device_top, np.asarray(cloud_list)).mean())
 
 
-def softmax(scores: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of (..., N) scores; ``-inf`` entries get probability 0."""
-    s = np.asarray(scores, dtype=np.float64)
+def softmax(scores: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of (..., N) ``scores / temperature``; ``-inf`` entries get probability 0.
+
+    A temperature above 1 flattens the distribution: the regret signal then
+    weighs the device model's runners-up, not only its favourite.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    s = np.asarray(scores, dtype=np.float64) / temperature
     e = np.exp(s - s.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
 

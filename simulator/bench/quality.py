@@ -71,6 +71,8 @@ class QualityConfig:
     device_objective: str = "full"
     device_folds: int = 3
     reuse: bool = False  # reuse models already trained in workdir with the same settings
+    # Softmax temperatures the regret signal may use; the validation step picks one.
+    regret_temperatures: tuple[float, ...] = (1.0, 2.0, 4.0)
     random_draws: int = 20  # random-request variant: metrics averaged over this many draws
     measure: Measure = "regret"
     measure_top: int = 20
@@ -141,16 +143,32 @@ def _coverage(histories: list[np.ndarray], items: np.ndarray, srm: Any, top: int
 
 
 def _regret(histories: list[np.ndarray], shown: np.ndarray, srm: Any, k: int,
-            n_items: int) -> np.ndarray:
-    """Per user: the expected DCG@k the shown (fused) list loses against the device's own best list."""
-    out = np.empty(shown.shape[0])
+            n_items: int, temperatures: tuple[float, ...]) -> dict[float, np.ndarray]:
+    """Per temperature, per user: the expected DCG@k the shown (fused) list loses against
+    the device's own best list."""
+    out = {t: np.empty(shown.shape[0]) for t in temperatures}
     for lo, hi, scores in srm_full_scores(srm, histories):
         scores[:, 0] = -np.inf
         scores[seen_mask(histories[lo:hi], n_items)] = -np.inf
-        probs = softmax(scores)
-        for j in range(lo, hi):
-            out[j] = expected_regret(probs[j - lo], shown[j], k)
+        for t in temperatures:
+            probs = softmax(scores, t)
+            for j in range(lo, hi):
+                out[t][j] = expected_regret(probs[j - lo], shown[j], k)
     return out
+
+
+def _select_share(signal: np.ndarray, stale_r: np.ndarray, fresh_r: np.ndarray,
+                  ratios: tuple[float, ...]) -> float:
+    """Mean NDCG@10 when the top ``r`` share of users by ``signal`` gets a fresh list."""
+    from shared.metrics import ndcg
+
+    order = np.argsort(-signal, kind="stable")
+    vals = []
+    for r in ratios:
+        pick = np.zeros(signal.size, dtype=bool)
+        pick[order[: int(round(r * signal.size))]] = True
+        vals.append(ndcg(np.where(pick, fresh_r, stale_r), 10))
+    return float(np.mean(vals))
 
 
 def _policy_requests(dis: np.ndarray, threshold: float, ratio: float, seed: int,
@@ -272,9 +290,16 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
     stale_r, stale_orders = _fused_ranks(te.stale_items, te.stale_cloud, te.stale_srm, alpha_stale, y)
     fresh_r, _ = _fused_ranks(te.fresh_items, te.fresh_cloud, te.fresh_srm, alpha_fresh, y)
     if cfg.measure == "regret":  # what the user is shown: the fused stale list's top 10
-        _, v_orders = _fused_ranks(v.stale_items, v.stale_cloud, v.stale_srm, alpha_stale, v.targets)
-        valid_dis = _regret(valid.histories, v_orders, srm, 10, ds.n_items)
-        test_dis = _regret(test.histories, stale_orders, srm, 10, ds.n_items)
+        v_stale_r, v_orders = _fused_ranks(v.stale_items, v.stale_cloud, v.stale_srm, alpha_stale,
+                                           v.targets)
+        v_fresh_r, _ = _fused_ranks(v.fresh_items, v.fresh_cloud, v.fresh_srm, alpha_fresh, v.targets)
+        by_t = _regret(valid.histories, v_orders, srm, 10, ds.n_items, cfg.regret_temperatures)
+        # The temperature whose signal picks the users a refresh helps most, on validation.
+        temp = max(cfg.regret_temperatures,
+                   key=lambda t: _select_share(by_t[t], v_stale_r, v_fresh_r, (0.05, 0.2)))
+        info["regret_temperature"] = temp
+        valid_dis = by_t[temp]
+        test_dis = _regret(test.histories, stale_orders, srm, 10, ds.n_items, (temp,))[temp]
     elif cfg.measure == "coverage":
         valid_dis = _coverage(valid.histories, v.stale_items, srm, cfg.measure_top, ds.n_items)
         test_dis = _coverage(test.histories, te.stale_items, srm, cfg.measure_top, ds.n_items)

@@ -124,7 +124,7 @@ def test_regret_measure_scores_the_whole_catalogue(tmp_path: Path, cloud, device
     scores = rr.score_catalogue(rt.store.recent(50)).astype(np.float64)
     assert scores.shape == (1683,) and scores[0] == -np.inf
     scores[[50, 100, 181, 258]] = -np.inf
-    want = expected_regret(softmax(scores), rec.items, 10)
+    want = expected_regret(softmax(scores, 2.0), rec.items, 10)  # the default temperature
     assert 0.0 < rec.disagreement <= 1.0
     assert rec.disagreement == pytest.approx(want, rel=1e-5)
 
@@ -134,3 +134,10 @@ def test_regret_needs_the_catalogue_size(tmp_path: Path, cloud, reranker) -> Non
     rt = make(tmp_path, cloud[0], reranker, NeverPolicy(), measure="regret")
     assert rt.record(50, 1.0).disagreement == 0.0  # never a trigger without N; the list still shows
     assert rt.record(100, 2.0).items.size == 10
+
+
+def test_runtime_config_names_a_bad_measure_or_temperature() -> None:
+    with pytest.raises(ValueError, match="unknown measure 'entropy'"):
+        RuntimeConfig(measure="entropy").validate()  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="regret_temperature must be > 0"):
+        RuntimeConfig(measure="regret", regret_temperature=0.0).validate()
