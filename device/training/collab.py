@@ -54,6 +54,10 @@ class RerankTrainConfig:
     lags: tuple[int, ...] = (0, 1, 2)  # staleness of the cloud list per prefix, drawn uniformly
     valid_lag: int = 2  # staleness of the validation lists (the device-cloud split's lag)
     full_weight: float = 0.0  # weight of an extra full-catalogue term in collab training
+    # A cloud list without the true next item: "insert" it (every example trains the
+    # listwise term), or "ignore" the example in that term (it can only teach the model to
+    # spot the inserted odd one out, a skill no real list rewards; the full term still sees it).
+    missing_target: str = "insert"
     epochs: int = 30
     batch_size: int = 256
     lr: float = 1e-3
@@ -77,6 +81,8 @@ class RerankTrainConfig:
             raise ValueError(f"objective must be collab, random or full, got {self.objective!r}")
         if self.candidates < 2 or self.batch_size < 1 or self.epochs < 1:
             raise ValueError("candidates must be >= 2, batch_size and epochs >= 1")
+        if self.missing_target not in ("insert", "ignore"):
+            raise ValueError(f"missing_target must be insert or ignore, got {self.missing_target!r}")
         if not self.lags or min(self.lags) < 0 or self.valid_lag < 0:
             raise ValueError("lags must be a non-empty tuple of values >= 0")
 
@@ -149,7 +155,11 @@ def _loss(model: nn.Module, objective: Objective, full_weight: float, hist: torc
     assert lists is not None
     cands, label = lists[:, :-1], lists[:, -1]
     logits = model.score(hist, cands.clamp(min=1)).masked_fill(cands == 0, -1e9)
-    loss = F.cross_entropy(logits, label)
+    inside = label >= 0  # -1: the cloud missed the target and the example only trains the full term
+    if inside.any():
+        loss = F.cross_entropy(logits[inside], label[inside], reduction="sum") / label.shape[0]
+    else:
+        loss = logits.sum() * 0.0
     if full_weight > 0:
         full = model.full_scores(hist)
         full[:, 0] = -1e9
@@ -212,7 +222,11 @@ def train_reranker(arch: str, train_sequences: Sequence[np.ndarray],
         lags = rng.choice(np.asarray(config.lags), len(train_p))
         t0 = time.perf_counter()
         raw = source.lists(train_p, lags)
-        lists, col = with_target(raw, train_p.targets)
+        if config.missing_target == "insert":
+            lists, col = with_target(raw, train_p.targets)
+        else:  # "ignore": the listwise term learns only where the list holds the answer
+            hit = raw == train_p.targets[:, None]
+            lists, col = raw, np.where(hit.any(axis=1), hit.argmax(axis=1), -1).astype(np.int64)
         # Store the label in an extra last column so one gather per batch fetches both.
         train_l = np.concatenate([lists, col[:, None]], axis=1)
         inside = float((raw == train_p.targets[:, None]).any(axis=1).mean())

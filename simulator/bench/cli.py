@@ -34,6 +34,8 @@ def cmd_quality(ns: argparse.Namespace) -> int:
                         device_patience=ns.patience, candidates=ns.candidates,
                         device_model=_options(ns.device_option), reuse=ns.reuse,
                         device_objective=ns.device_objective, device_folds=ns.device_folds,
+                        device_full_weight=ns.device_full_weight,
+                        device_missing_target=ns.device_missing_target,
                         baselines=tuple(ns.baseline) if ns.baseline else QualityConfig.baselines)
     start = time.perf_counter()
 
@@ -81,6 +83,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         "on the cloud's lists / on random negatives")
     q.add_argument("--device-folds", type=int, default=3,
                    help="collab: out-of-fold cloud lists from this many refits of the cloud")
+    q.add_argument("--device-full-weight", type=float, default=1.0,
+                   help="collab: weight of the full-catalogue term beside the listwise one")
+    q.add_argument("--device-missing-target", choices=["ignore", "insert"], default="ignore",
+                   help="collab: a cloud list without the target trains only the full term "
+                        "(ignore) or gets the target inserted (insert)")
     q.add_argument("--reuse", action="store_true",
                    help="reuse models in --workdir trained with the same settings")
     q.add_argument("--jobs", type=int, default=1,

@@ -70,6 +70,8 @@ class QualityConfig:
     # lists (out-of-fold, ``device_folds``), ``random`` on random negatives, same budget.
     device_objective: str = "full"
     device_folds: int = 3
+    device_full_weight: float = 1.0  # collab: weight of the full-catalogue term beside the lists
+    device_missing_target: str = "ignore"  # collab: lists without the target train the full term only
     reuse: bool = False  # reuse models already trained in workdir with the same settings
     # Softmax temperatures the regret signal may use; the validation step picks one.
     regret_temperatures: tuple[float, ...] = (1.0, 2.0, 4.0)
@@ -370,6 +372,8 @@ def _train_on_lists(ds: Dataset, cfg: QualityConfig, seed: int, train: list[np.n
                            time_budget_s=cfg.device_time_budget_s, seed=seed,
                            threads=cfg.torch_threads(), init_from=str(init),
                            folds=cfg.device_folds if cfg.device_objective == "collab" else 1,
+                           full_weight=cfg.device_full_weight if cfg.device_objective == "collab" else 0.0,
+                           missing_target=cfg.device_missing_target,
                            max_examples=None if cfg.max_users is None else 50 * cfg.max_users)
     fit = (backend_fitter(cfg.cloud_backend, ds, work / "device-folds", cfg.cloud_options)
            if rc.folds > 1 else None)

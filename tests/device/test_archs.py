@@ -74,3 +74,33 @@ def test_sasrec_last_position_path_equals_the_full_encoder() -> None:
         full = model.encode(hist)[:, -1]
         assert torch.allclose(model.encode_last(hist), full, atol=1e-5)
         assert torch.allclose(model.full_scores(hist), full @ model.item_emb.weight.T, atol=1e-4)
+
+
+def test_collab_loss_ignores_lists_that_miss_the_target() -> None:
+    """missing_target="ignore": a list without the answer adds nothing to the listwise term."""
+    import torch
+    import torch.nn.functional as F
+
+    from device.training.collab import RerankTrainConfig, _loss
+    from device.training.sasrec import SASRec, SASRecConfig
+
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(n_items=50, dim=16, layers=1, heads=1)).eval()
+    hist = torch.randint(1, 51, (4, 6))
+    targets = torch.tensor([3, 7, 9, 11])
+    cands = torch.randint(1, 51, (4, 5))
+    label = torch.tensor([2, -1, 0, -1])  # rows 1 and 3: the cloud missed the target
+    lists = torch.cat([cands, label[:, None]], dim=1)
+    gen = torch.Generator().manual_seed(0)
+    got = _loss(model, "collab", 0.0, hist, targets, lists, 5, 50, gen)
+    logits = model.score(hist, cands)
+    want = F.cross_entropy(logits[[0, 2]], label[[0, 2]], reduction="sum") / 4
+    assert torch.allclose(got, want)
+    none = torch.cat([cands, torch.full((4, 1), -1)], dim=1)
+    assert _loss(model, "collab", 0.0, hist, targets, none, 5, 50, gen).item() == 0.0
+    with_full = _loss(model, "collab", 1.0, hist, targets, none, 5, 50, gen)
+    full = model.full_scores(hist)
+    full[:, 0] = -1e9
+    assert torch.allclose(with_full, F.cross_entropy(full, targets))
+    with pytest.raises(ValueError, match="missing_target"):
+        RerankTrainConfig(missing_target="drop").validate()
