@@ -50,21 +50,24 @@ class CausalSelfAttention(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
-        """``x`` (B, L, D); ``mask`` (B, 1, L, L) additive, 0 where attention is allowed.
+        """``x`` (B, L, D); ``mask`` (B, L, L) additive, 0 where attention is allowed.
 
         ``last_only``: queries from the newest position only -> (B, 1, D); what
         scoring needs from the final block (its keys and values still span the history).
+        Heads are column blocks of the projections, each attended on its own: the
+        same arithmetic as reshaping into (B, heads, L, D/heads), without the
+        dynamic shape operations that a reshape adds to the exported graph.
         """
-        b, length, d = x.shape
-        q, k, v = self.qkv(x).split(d, dim=2)
+        d = x.shape[2]
+        parts = self.qkv(x).split(d // self.heads, dim=2)  # q heads, then k heads, then v heads
+        qs, ks, vs = parts[: self.heads], parts[self.heads: 2 * self.heads], parts[2 * self.heads:]
         if last_only:
-            q, mask = q[:, -1:], mask[:, :, -1:]
-        shape = (b, -1, self.heads, d // self.heads)
-        q, k, v = (t.reshape(shape).transpose(1, 2) for t in (q, k, v))
-        att = (q @ k.transpose(-2, -1)) * self.scale + mask
-        att = self.drop(torch.softmax(att, dim=-1))
-        y = (att @ v).transpose(1, 2).reshape(b, q.shape[2], d)
-        return self.proj(y)
+            qs, mask = tuple(q[:, -1:] for q in qs), mask[:, -1:]
+        ys = []
+        for q, k, v in zip(qs, ks, vs, strict=True):
+            att = (q @ k.transpose(1, 2)) * self.scale + mask
+            ys.append(self.drop(torch.softmax(att, dim=-1)) @ v)
+        return self.proj(torch.cat(ys, dim=2) if len(ys) > 1 else ys[0])
 
 
 class Block(nn.Module):
@@ -118,7 +121,7 @@ class SASRec(nn.Module):
         return self.ln(self.blocks[-1](x, mask, last_only=True))[:, 0]
 
     def _embed(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Input vectors (B, L, D) and the additive attention mask (B, 1, L, L)."""
+        """Input vectors (B, L, D) and the additive attention mask (B, L, L)."""
         length = history.shape[1]
         # Positions count from the newest item, so the last slot is always max_len-1.
         pos = torch.arange(length, device=history.device) + (self.cfg.max_len - length)
@@ -127,9 +130,9 @@ class SASRec(nn.Module):
         keep = (history > 0)
         idx = torch.arange(length, device=history.device)
         causal = idx[None, :] <= idx[:, None]  # (L, L): query row sees keys up to itself
-        allowed = causal[None, None] & keep[:, None, None, :]
+        allowed = causal[None] & keep[:, None, :]
         # Pad rows attend to themselves so softmax never sees an all-masked row.
-        allowed = allowed | (idx[None, :] == idx[:, None])[None, None]
+        allowed = allowed | (idx[None, :] == idx[:, None])[None]
         return x, torch.where(allowed, 0.0, -1e9)
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:

@@ -104,3 +104,23 @@ def test_collab_loss_ignores_lists_that_miss_the_target() -> None:
     assert torch.allclose(with_full, F.cross_entropy(full, targets))
     with pytest.raises(ValueError, match="missing_target"):
         RerankTrainConfig(missing_target="drop").validate()
+
+
+def test_sasrec_attention_heads_equal_the_reshaped_form() -> None:
+    """Heads as column blocks give what reshaping into (B, heads, L, D/heads) gives."""
+    import torch
+
+    from device.training.sasrec import CausalSelfAttention, SASRecConfig
+
+    torch.manual_seed(0)
+    att = CausalSelfAttention(SASRecConfig(n_items=10, dim=48, heads=3)).eval()
+    x = torch.randn(2, 7, 48)
+    mask = torch.where(torch.rand(2, 7, 7) > 0.3, 0.0, -1e9)
+    b, length, d = x.shape
+    q, k, v = att.qkv(x).split(d, dim=2)
+    q, k, v = (t.reshape(b, length, 3, d // 3).transpose(1, 2) for t in (q, k, v))
+    ref = torch.softmax((q @ k.transpose(-2, -1)) * att.scale + mask[:, None], dim=-1) @ v
+    ref = att.proj(ref.transpose(1, 2).reshape(b, length, d))
+    with torch.no_grad():
+        assert torch.allclose(att(x, mask), ref, atol=1e-5)
+        assert torch.allclose(att(x, mask, last_only=True), ref[:, -1:], atol=1e-5)
