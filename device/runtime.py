@@ -283,12 +283,16 @@ class DeviceRuntime:
         else:
             live.n_seen = len(seen)
 
-    def _device_scores(self, history: np.ndarray,
-                       items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """(adjusted scores, raw model scores, embeddings or None) for ``items`` (C,)."""
+    def _device_scores(self, history: np.ndarray, items: np.ndarray, catalogue: np.ndarray | None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(adjusted scores, raw model scores, embeddings or None) for ``items`` (C,).
+
+        ``catalogue``: the model's scores of every item for this history, when the
+        measure needed them; the candidates' scores are then read from it, not computed again.
+        """
         assert self.reranker is not None
         if not self.config.adapt:
-            scores = self.reranker.score(history, items)
+            scores = catalogue[items] if catalogue is not None else self.reranker.score(history, items)
             return scores, scores, None
         score_emb = getattr(self.reranker, "score_with_embeddings", None)
         scores, emb = score_emb(history, items) if score_emb else (self.reranker.score(history, items), None)
@@ -310,33 +314,38 @@ class DeviceRuntime:
             self._shown, self._disagreement, self._last = items, 0.0, None
             return
         history = self.store.recent(self.config.history_window)
-        device_scores, raw, emb = self._device_scores(history, items)
-        scale = self.config.scale
         catalogue = self.config.measure in CATALOGUE_MEASURES
+        every = self._catalogue_scores(history) if catalogue else None
+        device_scores, raw, emb = self._device_scores(history, items, every)
+        scale = self.config.scale
         order = descending_order(device_scores) if scale == "rank" or not catalogue else None
         cloud_norm, cloud_order = live.cloud(scale)
         fused = blend(cloud_norm, normalise(device_scores, scale, order), self.alpha)
         self._shown = items[descending_order(fused)]
         self._last = _Scored(items, cloud_scores, device_scores, raw, emb)
         if catalogue:
-            self._disagreement = self._catalogue_disagreement(history)
+            self._disagreement = self._catalogue_disagreement(every)
             return
         device_order = items[order]
         self._disagreement = disagreement(cloud_order, device_order, self.config.measure,
                                           self.config.measure_top)
 
-    def _catalogue_disagreement(self, history: np.ndarray) -> float:
-        """``regret`` or ``coverage`` from the device model's scores over the whole catalogue."""
+    def _catalogue_scores(self, history: np.ndarray) -> np.ndarray | None:
+        """(N+1,) the model's scores of every item id, or None (with one warning) if it cannot."""
         score_all = getattr(self.reranker, "score_catalogue", None)
         scores = score_all(history) if score_all is not None else None
-        if scores is None:  # a model that cannot score the catalogue: never a trigger
-            if not self._warned_catalogue:
-                log.warning("%s: measure %r needs a model that knows its catalogue size "
-                            "(n_items in its release config); disagreement stays 0",
-                            self.device_id, self.config.measure)
-                self._warned_catalogue = True
+        if scores is None and not self._warned_catalogue:
+            log.warning("%s: measure %r needs a model that knows its catalogue size "
+                        "(n_items in its release config); disagreement stays 0",
+                        self.device_id, self.config.measure)
+            self._warned_catalogue = True
+        return scores
+
+    def _catalogue_disagreement(self, catalogue: np.ndarray | None) -> float:
+        """``regret`` or ``coverage`` from the device model's scores over the whole catalogue."""
+        if catalogue is None:  # a model that cannot score the catalogue: never a trigger
             return 0.0
-        scores = np.array(scores, dtype=np.float64)
+        scores = np.array(catalogue, dtype=np.float64)
         scores[0] = -np.inf
         if self.config.exclude_seen:
             seen = np.fromiter(self.store.seen(), dtype=np.int64)

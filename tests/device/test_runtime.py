@@ -141,3 +141,22 @@ def test_runtime_config_names_a_bad_measure_or_temperature() -> None:
         RuntimeConfig(measure="entropy").validate()  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="regret_temperature must be > 0"):
         RuntimeConfig(measure="regret", regret_temperature=0.0).validate()
+
+
+def test_regret_reads_candidate_scores_from_the_catalogue_pass(tmp_path: Path, cloud, device_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """One model call per event: the candidates' scores come from the catalogue scores."""
+    class Counting(OnnxReranker):
+        calls = 0
+
+        def score(self, history, candidates):  # type: ignore[no-untyped-def]
+            Counting.calls += 1
+            return super().score(history, candidates)
+
+    rr = Counting.from_file(device_model_dir / "model.onnx", 50, n_items=1682)
+    rt = make(tmp_path, cloud[0], rr, NeverPolicy(), measure="regret")
+    first = rt.record(50, 1.0)
+    rec = rt.record(100, 2.0)
+    assert Counting.calls == 0 and first.items.size == rec.items.size == 10
+    # The order shown is the one the candidates' own scores give.
+    want = np.array(rr.score(rt.store.recent(50), rt._last.items))  # type: ignore[union-attr]
+    assert np.array_equal(rt._last.device, want)  # type: ignore[union-attr]
