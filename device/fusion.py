@@ -86,24 +86,18 @@ def normalise(scores: np.ndarray, scale: Scale = "rank", order: np.ndarray | Non
     raise ValueError(f"unknown fusion scale {scale!r}; use rank or zscore")
 
 
-def _check(cloud: np.ndarray, device: np.ndarray, alpha: float) -> None:
-    """Raise ValueError unless ``alpha`` is in [0, 1] and both sides have one shape."""
+def blend(cloud: np.ndarray, device: np.ndarray, alpha: float) -> np.ndarray:
+    """(C,) ``alpha * cloud + (1 - alpha) * device`` of scores already :func:`normalise`-d."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if cloud.shape != device.shape:
         raise ValueError(f"score shapes differ: {cloud.shape} vs {device.shape}")
-
-
-def blend(cloud: np.ndarray, device: np.ndarray, alpha: float) -> np.ndarray:
-    """(C,) ``alpha * cloud + (1 - alpha) * device`` of scores already :func:`normalise`-d."""
-    _check(cloud, device, alpha)
     return alpha * cloud + (1.0 - alpha) * device
 
 
 def fuse(cloud_scores: np.ndarray, device_scores: np.ndarray, alpha: float,
          scale: Scale = "rank") -> np.ndarray:
     """(C,) fused scores; ``alpha`` in [0, 1] is the cloud's weight."""
-    _check(cloud_scores, device_scores, alpha)
     return blend(normalise(cloud_scores, scale), normalise(device_scores, scale), alpha)
 
 

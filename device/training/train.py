@@ -160,6 +160,16 @@ def train_sasrec(sequences: Sequence[np.ndarray], n_items: int, config: TrainCon
     return TrainResult(ckpt, mcfg, best_epoch, best_metrics, time.perf_counter() - start)
 
 
+def trained_with(meta_path: str | Path, config: object) -> bool:
+    """Whether ``meta_path`` (``sasrec.json``, or a reranker's metadata) records a finished
+    training run with the settings ``config`` (a dataclass), so the model can be reused."""
+    try:
+        recorded = json.loads(Path(meta_path).read_text())["train"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return bool(recorded == json.loads(json.dumps(asdict(config))))  # type: ignore[call-overload]
+
+
 def load_sasrec(model_dir: str | Path) -> SASRec:
     """Load the best weights written by :func:`train_sasrec` (weights only)."""
     d = Path(model_dir)

@@ -20,12 +20,6 @@ from simulator.bench.scoring import seen_mask, srm_full_scores
 Baseline = Callable[[Dataset, list[np.ndarray], EvalSet, EvalSet, Any, int], np.ndarray]
 
 
-def _trained_with(meta_path: Path, train_config: Any) -> bool:
-    from simulator.bench.quality import _trained_with as same
-
-    return same(meta_path, train_config)
-
-
 def most_popular(ds: Dataset, train: list[np.ndarray], valid: EvalSet, test: EvalSet,
                  cfg: Any, seed: int) -> np.ndarray:
     pop = np.bincount(np.concatenate(train + [valid.targets]), minlength=ds.n_items + 1)
@@ -48,11 +42,11 @@ def _with_valid(train: list[np.ndarray], valid: EvalSet) -> list[np.ndarray]:
 
 def sasrec(ds: Dataset, train: list[np.ndarray], valid: EvalSet, test: EvalSet,
            cfg: Any, seed: int) -> np.ndarray:
-    from device.training.train import load_sasrec, train_sasrec
+    from device.training.train import load_sasrec, train_sasrec, trained_with
 
     out = Path(cfg.workdir) / ds.name / f"seed{seed}" / "loo-sasrec"
     tc = cfg.device_train_config(seed)
-    if not (cfg.reuse and _trained_with(out / "sasrec.json", tc)):
+    if not (cfg.reuse and trained_with(out / "sasrec.json", tc)):
         train_sasrec(_with_valid(train, valid), ds.n_items, tc, out)
     model = load_sasrec(out)
     ranks = np.empty(len(test), dtype=np.int64)
@@ -69,7 +63,7 @@ def gru4rec(ds: Dataset, train: list[np.ndarray], valid: EvalSet, test: EvalSet,
 
     from device.training import archs
     from device.training.collab import RerankTrainConfig, train_reranker
-    from device.training.train import pad_left
+    from device.training.train import pad_left, trained_with
 
     out = Path(cfg.workdir) / ds.name / f"seed{seed}" / "loo-gru4rec"
     rc = RerankTrainConfig(objective="full", epochs=cfg.device_epochs,
@@ -79,7 +73,7 @@ def gru4rec(ds: Dataset, train: list[np.ndarray], valid: EvalSet, test: EvalSet,
                            # a quick look (a user sample) trains on a sample too
                            max_examples=None if cfg.max_users is None else 50 * cfg.max_users,
                            model={k: v for k, v in cfg.device_model.items() if k == "dim"})
-    if not (cfg.reuse and _trained_with(out / "reranker.json", rc)):
+    if not (cfg.reuse and trained_with(out / "reranker.json", rc)):
         train_reranker("gru4rec", _with_valid(train, valid), None, ds.n_items, rc, out)
     model, _ = archs.load(out)
     ranks = np.empty(len(test), dtype=np.int64)

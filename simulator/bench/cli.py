@@ -8,18 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-
-def _options(pairs: list[str]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--device-option wants KEY=VALUE, got {pair!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+from shared.cliutil import options
 
 
 def cmd_quality(ns: argparse.Namespace) -> int:
@@ -32,7 +21,7 @@ def cmd_quality(ns: argparse.Namespace) -> int:
                         measure_top=ns.measure_top, jobs=ns.jobs, threads=ns.threads,
                         baseline_seeds=ns.baseline_seeds, device_batch_size=ns.batch_size,
                         device_patience=ns.patience, candidates=ns.candidates,
-                        device_model=_options(ns.device_option), reuse=ns.reuse,
+                        device_model=options(ns.device_option), reuse=ns.reuse,
                         device_objective=ns.device_objective, device_folds=ns.device_folds,
                         device_full_weight=ns.device_full_weight,
                         device_missing_target=ns.device_missing_target,

@@ -240,7 +240,7 @@ def _metrics(ranks: np.ndarray, in_list: np.ndarray | None = None) -> dict[str, 
 
 def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
              say: Callable[[str], None] = lambda s: None) -> tuple[list[Row], dict[str, Any]]:
-    from device.training.train import load_sasrec, train_sasrec
+    from device.training.train import load_sasrec, train_sasrec, trained_with
 
     rows: list[Row] = []
     info: dict[str, Any] = {}
@@ -264,7 +264,7 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
 
     t = time.perf_counter()
     tc = cfg.device_train_config(seed)
-    if cfg.reuse and _trained_with(work / "device" / "sasrec.json", tc):
+    if cfg.reuse and trained_with(work / "device" / "sasrec.json", tc):
         say(f"seed {seed}: reusing the device model (SASRec) in {work / 'device'}")
         info["device_best_epoch"] = json.loads((work / "device" / "sasrec.json").read_text())["best_epoch"]
     else:
@@ -343,16 +343,6 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
         m["threshold"] = threshold
         rows.append(Row("disagreement", r, seed, m))
     return rows, info
-
-
-def _trained_with(meta_path: Path, tc: Any) -> bool:
-    """Whether ``meta_path`` records a finished training run with settings ``tc``."""
-    from dataclasses import asdict
-
-    try:
-        return json.loads(meta_path.read_text())["train"] == json.loads(json.dumps(asdict(tc)))
-    except (OSError, ValueError, KeyError):
-        return False
 
 
 def _train_on_lists(ds: Dataset, cfg: QualityConfig, seed: int, train: list[np.ndarray],
