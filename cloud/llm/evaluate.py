@@ -12,6 +12,16 @@ Usage::
         --users 500 --seed 0 --count 20 --threads 1 --latency 50 --out runs/llm-beauty/eval.json
     python -m cloud.llm.evaluate --data beauty --model-dir runs/llm-beauty --users all \\
         --latency 0 --out runs/llm-beauty/validity.json      # the whole test set
+
+The whole test set in parallel: ``--part 1/2`` and ``--part 2/2`` in two
+processes take disjoint slices of the same random order; each also writes its
+lists (``<out>.lists.npz``), and ``--merge A.json B.json --out all.json``
+combines the parts into one report, checking that they cover the order once::
+
+    python -m cloud.llm.evaluate ... --users all --part 1/2 --out runs/llm-beauty/part1.json &
+    python -m cloud.llm.evaluate ... --users all --part 2/2 --out runs/llm-beauty/part2.json
+    python -m cloud.llm.evaluate --merge runs/llm-beauty/part1.json runs/llm-beauty/part2.json \\
+        --out runs/llm-beauty/validity.json
 """
 
 from __future__ import annotations
@@ -59,9 +69,13 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     order = rng.permutation(len(test))
     if args.users != "all":
         order = order[: int(args.users)]
+    part, n_parts = parse_part(args.part)
+    lo, hi = part_bounds(len(order), part, n_parts)
+    order = order[lo:hi]
     report: dict[str, Any] = {
         "data": args.data, "model_dir": str(model_dir), "version": gen.version, "count": args.count,
         "seed": args.seed, "threads": args.threads, "test_users": len(test), "load_s": round(load_s, 2),
+        "users": args.users, "part": [part, n_parts], "order_slice": [int(lo), int(hi)],
     }
     lists = np.zeros((len(order), args.count), dtype=np.int64)
     invalid = dups = short = 0
@@ -87,6 +101,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         })
         if args.out:
             _write(Path(args.out), report)
+            _write_lists(Path(args.out), order[:done], lists[:done])
         log.info("%d/%d users, %.2f s/user, invalid %d, %s", done, len(order), elapsed / done,
                  invalid, report["metrics"])
 
@@ -104,6 +119,78 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         if args.out:
             _write(Path(args.out), report)
     return report
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> (I, N), 1 <= I <= N."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--part must look like I/N (e.g. 1/2), got {text!r}") from None
+    if not 1 <= i <= n:
+        raise ValueError(f"--part {text!r}: need 1 <= I <= N")
+    return i, n
+
+
+def part_bounds(total: int, part: int, n_parts: int) -> tuple[int, int]:
+    """The slice [lo, hi) of ``total`` positions that part ``part`` of ``n_parts`` covers."""
+    return total * (part - 1) // n_parts, total * part // n_parts
+
+
+def lists_path(out: Path) -> Path:
+    return out.with_suffix(".lists.npz")
+
+
+def _write_lists(out: Path, users: np.ndarray, lists: np.ndarray) -> None:
+    path = lists_path(out)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, users=users, lists=lists)
+    tmp.replace(path)
+
+
+def merge(paths: list[Path], data: str | None = None) -> dict[str, Any]:
+    """One report from part reports of the same run; metrics recomputed from their lists."""
+    if not paths:
+        raise ValueError("--merge needs at least one part report")
+    reports = [json.loads(p.read_text()) for p in paths]
+    first = reports[0]
+    for p, r in zip(paths, reports, strict=True):
+        for key in ("data", "version", "count", "seed", "users", "test_users"):
+            if r.get(key) != first.get(key):
+                raise ValueError(f"{p}: {key} {r.get(key)!r} differs from {paths[0]}'s {first.get(key)!r}")
+    n_parts = first["part"][1]
+    parts = sorted(r["part"][0] for r in reports)
+    if parts != list(range(1, n_parts + 1)) or any(r["part"][1] != n_parts for r in reports):
+        raise ValueError(f"parts {parts} of {n_parts}: need each of 1..{n_parts} exactly once")
+    unfinished = [str(p) for p, r in zip(paths, reports, strict=True)
+                  if r.get("users_done") != r["order_slice"][1] - r["order_slice"][0]]
+    if unfinished:
+        raise ValueError(f"parts not finished: {unfinished}")
+    users = []
+    lists = []
+    for p in paths:
+        with np.load(lists_path(p)) as z:
+            users.append(z["users"])
+            lists.append(z["lists"])
+    all_users = np.concatenate(users)
+    all_lists = np.concatenate(lists)
+    if len(np.unique(all_users)) != len(all_users):
+        raise ValueError("the parts overlap: a test user appears twice")
+    ds = load_dataset(data or first["data"])
+    test = leave_one_out(ds).test
+    n_items = ds.n_items
+    invalid, dups = check_lists(all_lists, n_items)
+    ranks = ranks_in_lists(all_lists, test.targets[all_users])
+    seconds = sum(r["seconds"] for r in reports)
+    return {
+        "data": first["data"], "version": first["version"], "count": first["count"], "seed": first["seed"],
+        "users": first["users"], "test_users": first["test_users"], "parts": [str(p) for p in paths],
+        "users_done": int(len(all_users)), "invalid_ids": invalid, "duplicate_ids": dups,
+        "short_lists": sum(r["short_lists"] for r in reports),
+        "cpu_seconds": round(seconds, 1), "seconds_per_user": round(seconds / len(all_users), 3),
+        "wall_seconds": round(max(r["seconds"] for r in reports), 1),
+        "metrics": {k: round(v, 5) for k, v in summarize(ranks).items()},
+    }
 
 
 def _loadavg() -> tuple[float, float, float]:
@@ -124,7 +211,7 @@ def _write(path: Path, report: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="beauty")
-    p.add_argument("--model-dir", required=True, help="trained llm directory; trained here if missing")
+    p.add_argument("--model-dir", default="", help="trained llm directory; trained here if missing")
     p.add_argument("--options", default="{}", help="JSON options for training when the directory is missing")
     p.add_argument("--users", default="500", help="test users to rank (a fixed random sample), or 'all'")
     p.add_argument("--seed", type=int, default=0)
@@ -132,10 +219,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=8, help="users per generate() call")
     p.add_argument("--threads", type=int, default=1, help="torch threads (oversubscribing a shared CPU is 10x slower)")
     p.add_argument("--latency", type=int, default=50, help="single-user requests to time afterwards (0: none)")
+    p.add_argument("--part", default="1/1", help="I/N: only the I-th of N equal slices of the user order")
     p.add_argument("--out", default="", help="JSON report, rewritten after every batch")
+    p.add_argument("--merge", nargs="+", metavar="PART_JSON", help="combine finished part reports into --out")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    print(json.dumps(evaluate(args), indent=2))
+    try:
+        if args.merge:
+            report = merge([Path(m) for m in args.merge])
+            if args.out:
+                _write(Path(args.out), report)
+        else:
+            if not args.model_dir:
+                raise ValueError("--model-dir is required (unless --merge)")
+            parse_part(args.part)
+            report = evaluate(args)
+    except ValueError as e:
+        p.error(str(e))
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
