@@ -65,6 +65,10 @@ class RuntimeConfig:
     # ``show`` items on screen (the device model scores the whole catalogue for both)
     measure_top: int = 20
     regret_temperature: float = 2.0  # softmax temperature of the device distribution for regret
+    # The device model's own top-k unseen items (whole catalogue) ranked beside the cloud's
+    # list, below every item the cloud listed on the cloud side: the stale list cannot hide
+    # what the fresh history points to. 0 = the cloud's candidates only.
+    device_candidates: int = 0
     scale: Scale = "rank"  # how cloud and device scores are made comparable before fusion
     learn_alpha: bool = False  # adapt alpha per device from the user's choices (starts at alpha)
     adapt: bool = False  # learn a per-user vector on the device (needs a model with embeddings)
@@ -85,6 +89,8 @@ class RuntimeConfig:
             raise ValueError(f"unknown measure {self.measure!r}; use one of {', '.join(get_args(Measure))}")
         if self.regret_temperature <= 0:
             raise ValueError(f"regret_temperature must be > 0, got {self.regret_temperature}")
+        if self.device_candidates < 0:
+            raise ValueError(f"device_candidates must be >= 0, got {self.device_candidates}")
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,7 @@ class DeviceRuntime:
                               if self.config.learn_alpha else None)
         self.adapter: UserAdapter | None = None
         self._shown = np.zeros(0, dtype=np.int64)
+        self._remaining = 0  # cloud candidates not consumed yet
         self._disagreement = 0.0
         self._last: _Scored | None = None
         self._live: _Live | None = None
@@ -306,20 +313,29 @@ class DeviceRuntime:
     def _rerank(self) -> None:
         if self.cached is None:
             self._shown = np.zeros(0, dtype=np.int64)
-            self._disagreement, self._last = 0.0, None
+            self._remaining, self._disagreement, self._last = 0, 0.0, None
             return
         live = self._live_candidates()
         items, cloud_scores = live.items, live.scores
+        self._remaining = int(items.size)
         if items.size == 0 or self.reranker is None:
             self._shown, self._disagreement, self._last = items, 0.0, None
             return
         history = self.store.recent(self.config.history_window)
         catalogue = self.config.measure in CATALOGUE_MEASURES
-        every = self._catalogue_scores(history) if catalogue else None
+        every = (self._catalogue_scores(history)
+                 if catalogue or self.config.device_candidates else None)
+        cloud_norm, cloud_order = live.cloud(self.config.scale)
+        extra = self._device_picks(every, items) if self.config.device_candidates else None
+        if extra is not None and extra.size:
+            # The cloud did not rank the device's picks: they sit just below its worst item.
+            floor = float(cloud_scores.min()) - 1.0 if cloud_scores.size else 0.0
+            items = np.concatenate([items, extra])
+            cloud_scores = np.concatenate([cloud_scores, np.full(extra.size, floor, cloud_scores.dtype)])
+            cloud_norm = normalise(cloud_scores, self.config.scale)
         device_scores, raw, emb = self._device_scores(history, items, every)
         scale = self.config.scale
         order = descending_order(device_scores) if scale == "rank" or not catalogue else None
-        cloud_norm, cloud_order = live.cloud(scale)
         fused = blend(cloud_norm, normalise(device_scores, scale, order), self.alpha)
         self._shown = items[descending_order(fused)]
         self._last = _Scored(items, cloud_scores, device_scores, raw, emb)
@@ -330,13 +346,31 @@ class DeviceRuntime:
         self._disagreement = disagreement(cloud_order, device_order, self.config.measure,
                                           self.config.measure_top)
 
+    def _device_picks(self, catalogue: np.ndarray | None, listed: np.ndarray) -> np.ndarray:
+        """The device model's ``device_candidates`` best items (unseen, if seen ones are
+        excluded), best first, less those the cloud already listed."""
+        if catalogue is None:
+            return np.zeros(0, dtype=np.int64)
+        scores = np.array(catalogue, dtype=np.float64)
+        scores[0] = -np.inf
+        if self.config.exclude_seen:
+            seen = np.fromiter(self.store.seen(), dtype=np.int64)
+            scores[seen[(seen > 0) & (seen < scores.size)]] = -np.inf
+        k = min(self.config.device_candidates, int(np.isfinite(scores).sum()))
+        if k <= 0:
+            return np.zeros(0, dtype=np.int64)
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[descending_order(scores[top])].astype(np.int64)
+        return top[~np.isin(top, listed)]
+
     def _catalogue_scores(self, history: np.ndarray) -> np.ndarray | None:
         """(N+1,) the model's scores of every item id, or None (with one warning) if it cannot."""
         score_all = getattr(self.reranker, "score_catalogue", None)
         scores = score_all(history) if score_all is not None else None
         if scores is None and not self._warned_catalogue:
-            log.warning("%s: measure %r needs a model that knows its catalogue size "
-                        "(n_items in its release config); disagreement stays 0",
+            log.warning("%s: measure %r / device_candidates need a model that knows its "
+                        "catalogue size (n_items in its release config); disagreement stays 0 "
+                        "and only the cloud's candidates are ranked",
                         self.device_id, self.config.measure)
             self._warned_catalogue = True
         return scores
@@ -359,7 +393,7 @@ class DeviceRuntime:
 
     def _policy_input(self, now: float) -> PolicyInput:
         c = self.cached
-        remaining = self._shown.size if c is not None else 0
+        remaining = self._remaining if c is not None else 0
         return PolicyInput(now=now, has_list=c is not None, list_age_s=c.age(now) if c else 0.0,
                            ttl_s=c.ttl_seconds if c else 0.0, remaining=remaining,
                            total=c.items.size if c else 0, disagreement=self._disagreement,

@@ -25,6 +25,7 @@ def cmd_quality(ns: argparse.Namespace) -> int:
                         device_objective=ns.device_objective, device_folds=ns.device_folds,
                         device_full_weight=ns.device_full_weight,
                         device_missing_target=ns.device_missing_target,
+                        device_candidates=ns.device_candidates,
                         baselines=tuple(ns.baseline) if ns.baseline else QualityConfig.baselines)
     start = time.perf_counter()
 
@@ -77,6 +78,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--device-missing-target", choices=["ignore", "insert"], default="ignore",
                    help="collab: a cloud list without the target trains only the full term "
                         "(ignore) or gets the target inserted (insert)")
+    q.add_argument("--device-candidates", type=int, default=0, metavar="K",
+                   help="add the device model's own top K unseen items to every cloud list "
+                        "before fusion (the runtime's device_candidates)")
     q.add_argument("--reuse", action="store_true",
                    help="reuse models in --workdir trained with the same settings")
     q.add_argument("--jobs", type=int, default=1,

@@ -78,6 +78,9 @@ class QualityConfig:
     random_draws: int = 20  # random-request variant: metrics averaged over this many draws
     measure: Measure = "regret"
     measure_top: int = 20
+    # The device's own top-k unseen items (whole catalogue) added to every cloud list before
+    # fusion, as the runtime's ``RuntimeConfig.device_candidates`` does; 0: the cloud's list only.
+    device_candidates: int = 0
     baselines: tuple[str, ...] = ("most-popular", "sasrec", "gru4rec")
     baseline_seeds: int | None = None  # seeds the baselines are trained for (None: every seed)
     max_users: int | None = None  # evaluate a sample of users (tests, quick looks)
@@ -225,6 +228,47 @@ def _lists(ev: EvalSet, gen: backends.CandidateGenerator, srm: Any, count: int) 
                   fi, fc, srm_candidate_scores(srm, ev.histories, fi))
 
 
+def _device_top(histories: list[np.ndarray], srm: Any, k: int, n_items: int) -> np.ndarray:
+    """(M, k) the device model's k best unseen items per user over the whole catalogue, best first."""
+    out = np.zeros((len(histories), k), dtype=np.int64)
+    for lo, hi, scores in srm_full_scores(srm, histories):
+        scores[:, 0] = -np.inf
+        scores[seen_mask(histories[lo:hi], n_items)] = -np.inf
+        top = np.argpartition(-scores, k, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(scores, top, 1), axis=1, kind="stable")
+        out[lo:hi] = np.take_along_axis(top, order, 1)
+    return out
+
+
+def add_device_candidates(items: np.ndarray, cloud: np.ndarray, srm_scores: np.ndarray,
+                          extra: np.ndarray, extra_srm: np.ndarray
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lists (M, C) widened to (M, C + k) with the device's picks ``extra`` (M, k) not already in them.
+
+    A pick the cloud did not list gets a cloud score just below the list's worst
+    (so on the rank scale it ties with nothing the cloud ranked), and its device
+    score ``extra_srm``; a pick already listed becomes padding (0, -inf, -inf).
+    """
+    m, k = extra.shape
+    dup = (extra[:, :, None] == items[:, None, :]).any(axis=2)
+    finite = np.where(np.isfinite(cloud), cloud, np.inf).min(axis=1)
+    floor = np.where(np.isfinite(finite), finite - 1.0, 0.0).astype(cloud.dtype)
+    new_items = np.where(dup, 0, extra)
+    new_cloud = np.where(dup, -np.inf, np.repeat(floor[:, None], k, axis=1)).astype(cloud.dtype)
+    new_srm = np.where(dup, -np.inf, extra_srm).astype(srm_scores.dtype)
+    return (np.concatenate([items, new_items], 1), np.concatenate([cloud, new_cloud], 1),
+            np.concatenate([srm_scores, new_srm], 1))
+
+
+def _with_device_candidates(ls: _Lists, histories: list[np.ndarray], srm: Any, k: int,
+                            n_items: int) -> _Lists:
+    extra = _device_top(histories, srm, k, n_items)
+    extra_srm = srm_candidate_scores(srm, histories, extra)
+    si, sc, ss = add_device_candidates(ls.stale_items, ls.stale_cloud, ls.stale_srm, extra, extra_srm)
+    fi, fc, fs = add_device_candidates(ls.fresh_items, ls.fresh_cloud, ls.fresh_srm, extra, extra_srm)
+    return _Lists(ls.targets, si, sc, ss, fi, fc, fs)
+
+
 def _best_alpha(items: np.ndarray, cloud: np.ndarray, srm: np.ndarray, targets: np.ndarray) -> float:
     from shared.metrics import ndcg
 
@@ -285,6 +329,11 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
     say(f"seed {seed}: candidate lists and scores for {len(valid)} validation and {len(test)} test users")
     v = _lists(valid, gen_val, srm, cfg.candidates)
     te = _lists(test, gen, srm, cfg.candidates)
+    cloud_stale_items, cloud_fresh_items = te.stale_items, te.fresh_items
+    if cfg.device_candidates > 0:
+        say(f"seed {seed}: adding the device's top {cfg.device_candidates} to every list")
+        v = _with_device_candidates(v, valid.histories, srm, cfg.device_candidates, ds.n_items)
+        te = _with_device_candidates(te, test.histories, srm, cfg.device_candidates, ds.n_items)
     alpha_stale = _best_alpha(v.stale_items, v.stale_cloud, v.stale_srm, v.targets)
     alpha_fresh = _best_alpha(v.fresh_items, v.fresh_cloud, v.fresh_srm, v.targets)
     info.update(alpha_stale=alpha_stale, alpha_fresh=alpha_fresh)
@@ -313,8 +362,8 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
 
     stale_in = (te.stale_items == y[:, None]).any(1)
     fresh_in = (te.fresh_items == y[:, None]).any(1)
-    rows.append(Row("cloud-stale", None, seed, _metrics(ranks_in_lists(te.stale_items, y))))
-    rows.append(Row("cloud-fresh", None, seed, _metrics(ranks_in_lists(te.fresh_items, y))))
+    rows.append(Row("cloud-stale", None, seed, _metrics(ranks_in_lists(cloud_stale_items, y))))
+    rows.append(Row("cloud-fresh", None, seed, _metrics(ranks_in_lists(cloud_fresh_items, y))))
     dev_ranks = np.empty(len(y), dtype=np.int64)
     for lo, hi, scores in srm_full_scores(srm, test.histories):
         dev_ranks[lo:hi] = ranks_from_scores(scores, y[lo:hi],
@@ -351,6 +400,7 @@ def _train_on_lists(ds: Dataset, cfg: QualityConfig, seed: int, train: list[np.n
     """Train the full-catalogue SASRec again on lists: the cloud's (collab) or random ones."""
     from device.training import archs
     from device.training.collab import RerankTrainConfig, backend_fitter, train_reranker
+    from device.training.train import trained_with
 
     if cfg.device_objective not in ("collab", "random"):
         raise ValueError(f"device_objective must be full, collab or random, got {cfg.device_objective!r}")
@@ -365,6 +415,9 @@ def _train_on_lists(ds: Dataset, cfg: QualityConfig, seed: int, train: list[np.n
                            full_weight=cfg.device_full_weight if cfg.device_objective == "collab" else 0.0,
                            missing_target=cfg.device_missing_target,
                            max_examples=None if cfg.max_users is None else 50 * cfg.max_users)
+    if cfg.reuse and trained_with(out / "reranker.json", rc):
+        say(f"seed {seed}: reusing the {cfg.device_objective}-trained device model in {out}")
+        return archs.load(out)[0]
     fit = (backend_fitter(cfg.cloud_backend, ds, work / "device-folds", cfg.cloud_options)
            if rc.folds > 1 else None)
     say(f"seed {seed}: training the device model again on {cfg.device_objective} lists")
@@ -432,6 +485,8 @@ def run(cfg: QualityConfig, say: Callable[[str], None] = lambda s: None
     """Every seed's variants and the baselines; with ``jobs`` > 1 in that many processes."""
     if cfg.jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {cfg.jobs}")
+    if cfg.device_candidates < 0:
+        raise ValueError(f"device_candidates must be >= 0, got {cfg.device_candidates}")
     ds = load_dataset(cfg.dataset)
     say(ds.describe())
     tasks = _tasks(cfg)
