@@ -47,6 +47,7 @@ from shared.agreement import (
     disagreement,
     expected_regret,
     softmax,
+    uncovered_mass,
 )
 from shared.contract import CandidatesRequest, Reason
 
@@ -64,7 +65,7 @@ class RuntimeConfig:
     # depth of the comparison: rbo's prefix, coverage's device top-k; regret compares the
     # ``show`` items on screen (the device model scores the whole catalogue for both)
     measure_top: int = 20
-    regret_temperature: float = 2.0  # softmax temperature of the device distribution for regret
+    regret_temperature: float = 2.0  # softmax temperature of the device distribution (regret, uncovered)
     # The device model's own top-k unseen items (whole catalogue) ranked beside the cloud's
     # list, below every item the cloud listed on the cloud side: the stale list cannot hide
     # what the fresh history points to. 0 = the cloud's candidates only.
@@ -376,7 +377,7 @@ class DeviceRuntime:
         return scores
 
     def _catalogue_disagreement(self, catalogue: np.ndarray | None) -> float:
-        """``regret`` or ``coverage`` from the device model's scores over the whole catalogue."""
+        """``regret``, ``uncovered`` or ``coverage`` from the device model's scores over the whole catalogue."""
         if catalogue is None:  # a model that cannot score the catalogue: never a trigger
             return 0.0
         scores = np.array(catalogue, dtype=np.float64)
@@ -387,6 +388,9 @@ class DeviceRuntime:
         if self.config.measure == "regret":
             return expected_regret(softmax(scores, self.config.regret_temperature), self._shown,
                                    self.config.show)
+        if self.config.measure == "uncovered":
+            listed = self._live.items if self._live is not None else self._shown
+            return uncovered_mass(softmax(scores, self.config.regret_temperature), listed)
         top = min(self.config.measure_top, scores.size - 1)
         device_top = np.argpartition(-scores, top)[:top]
         return coverage_gap(device_top, self.cached.items if self.cached is not None else self._shown)

@@ -16,10 +16,10 @@ from typing import Literal
 
 import numpy as np
 
-Measure = Literal["footrule", "kendall", "rbo", "coverage", "regret"]
+Measure = Literal["footrule", "kendall", "rbo", "coverage", "regret", "uncovered"]
 
 #: Measures that need the device model's scores over the whole catalogue, not only the list.
-CATALOGUE_MEASURES = ("coverage", "regret")
+CATALOGUE_MEASURES = ("coverage", "regret", "uncovered")
 
 
 def _positions(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -148,6 +148,23 @@ def expected_regret(probs: np.ndarray, shown: np.ndarray, k: int = 10) -> float:
     valid = (s > 0) & (s < p.size)  # padding or an unknown id earns nothing, keeps its slot
     got = float((p[np.where(valid, s, 0)] * valid * disc[: s.size]).sum())
     return float(np.clip((best * disc[:kk]).sum() - got, 0.0, 1.0))
+
+
+def uncovered_mass(probs: np.ndarray, cloud_list: np.ndarray) -> float:
+    """The device model's probability that the next item is not in the cloud's list.
+
+    ``probs`` (N+1,) the device's next-item distribution over the whole catalogue
+    (index = item id; consumed items and padding at 0), ``cloud_list`` the item
+    ids the cloud sent (still unconsumed). ``1 - sum of p over the list``, in
+    [0, 1]: near 0 when the device expects the user to stay within what the
+    cloud offered, near 1 when it expects the user to leave it, which is when
+    the cloud's view of the user is out of date. Unlike ``coverage`` it weighs
+    each missing item by how likely the device finds it.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    ids = np.unique(np.asarray(cloud_list, dtype=np.int64))
+    ids = ids[(ids > 0) & (ids < p.size)]
+    return float(np.clip(1.0 - p[ids].sum(), 0.0, 1.0))
 
 
 def disagreement(a: np.ndarray, b: np.ndarray, measure: Measure = "footrule", top: int | None = None) -> float:

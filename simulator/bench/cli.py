@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--time-budget", type=float, default=1200.0,
                    help="seconds of training per device model")
     q.add_argument("--measure", default="regret",
-                   choices=["regret", "rbo", "footrule", "kendall", "coverage"],
+                   choices=["regret", "uncovered", "rbo", "footrule", "kendall", "coverage"],
                    help="disagreement signal the request policy thresholds")
     q.add_argument("--measure-top", type=int, default=20,
                    help="depth: rbo's prefix, or coverage's device top-k")

@@ -39,7 +39,7 @@ from cloud import backends
 from device.budget import TokenBucket
 from device.fusion import fuse
 from device.policy import DisagreementPolicy, PolicyInput
-from shared.agreement import Measure, disagreement, expected_regret, softmax
+from shared.agreement import Measure, disagreement, expected_regret, softmax, uncovered_mass
 from shared.data import Dataset, load_dataset
 from shared.metrics import ranks_from_scores, ranks_in_lists, summarize
 from shared.splits import EvalSet, leave_one_out, stale_cloud_split
@@ -147,18 +147,21 @@ def _coverage(histories: list[np.ndarray], items: np.ndarray, srm: Any, top: int
     return out
 
 
-def _regret(histories: list[np.ndarray], shown: np.ndarray, srm: Any, k: int,
-            n_items: int, temperatures: tuple[float, ...]) -> dict[float, np.ndarray]:
-    """Per temperature, per user: the expected DCG@k the shown (fused) list loses against
-    the device's own best list."""
-    out = {t: np.empty(shown.shape[0]) for t in temperatures}
+def _regret(histories: list[np.ndarray], lists: np.ndarray, srm: Any, k: int,
+            n_items: int, temperatures: tuple[float, ...], measure: str = "regret"
+            ) -> dict[float, np.ndarray]:
+    """Per temperature, per user, from the device's softmax over the catalogue: ``regret``,
+    the expected DCG@k the shown (fused) list ``lists`` loses against the device's own best
+    list, or ``uncovered``, the probability mass outside the cloud's list ``lists``."""
+    out = {t: np.empty(lists.shape[0]) for t in temperatures}
     for lo, hi, scores in srm_full_scores(srm, histories):
         scores[:, 0] = -np.inf
         scores[seen_mask(histories[lo:hi], n_items)] = -np.inf
         for t in temperatures:
             probs = softmax(scores, t)
             for j in range(lo, hi):
-                out[t][j] = expected_regret(probs[j - lo], shown[j], k)
+                out[t][j] = (expected_regret(probs[j - lo], lists[j], k) if measure == "regret"
+                             else uncovered_mass(probs[j - lo], lists[j]))
     return out
 
 
@@ -330,6 +333,7 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
     v = _lists(valid, gen_val, srm, cfg.candidates)
     te = _lists(test, gen, srm, cfg.candidates)
     cloud_stale_items, cloud_fresh_items = te.stale_items, te.fresh_items
+    v_cloud_stale = v.stale_items
     if cfg.device_candidates > 0:
         say(f"seed {seed}: adding the device's top {cfg.device_candidates} to every list")
         v = _with_device_candidates(v, valid.histories, srm, cfg.device_candidates, ds.n_items)
@@ -340,17 +344,22 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
     y = te.targets
     stale_r, stale_orders = _fused_ranks(te.stale_items, te.stale_cloud, te.stale_srm, alpha_stale, y)
     fresh_r, _ = _fused_ranks(te.fresh_items, te.fresh_cloud, te.fresh_srm, alpha_fresh, y)
-    if cfg.measure == "regret":  # what the user is shown: the fused stale list's top 10
+    if cfg.measure in ("regret", "uncovered"):
         v_stale_r, v_orders = _fused_ranks(v.stale_items, v.stale_cloud, v.stale_srm, alpha_stale,
                                            v.targets)
         v_fresh_r, _ = _fused_ranks(v.fresh_items, v.fresh_cloud, v.fresh_srm, alpha_fresh, v.targets)
-        by_t = _regret(valid.histories, v_orders, srm, 10, ds.n_items, cfg.regret_temperatures)
+        # regret compares what the user is shown (the fused stale list's top 10);
+        # uncovered, the cloud's own stale list.
+        v_lists, t_lists = ((v_orders, stale_orders) if cfg.measure == "regret"
+                            else (v_cloud_stale, cloud_stale_items))
+        by_t = _regret(valid.histories, v_lists, srm, 10, ds.n_items, cfg.regret_temperatures,
+                       cfg.measure)
         # The temperature whose signal picks the users a refresh helps most, on validation.
         temp = max(cfg.regret_temperatures,
                    key=lambda t: _select_share(by_t[t], v_stale_r, v_fresh_r, (0.05, 0.2)))
         info["regret_temperature"] = temp
         valid_dis = by_t[temp]
-        test_dis = _regret(test.histories, stale_orders, srm, 10, ds.n_items, (temp,))[temp]
+        test_dis = _regret(test.histories, t_lists, srm, 10, ds.n_items, (temp,), cfg.measure)[temp]
     elif cfg.measure == "coverage":
         valid_dis = _coverage(valid.histories, v.stale_items, srm, cfg.measure_top, ds.n_items)
         test_dis = _coverage(test.histories, te.stale_items, srm, cfg.measure_top, ds.n_items)

@@ -129,6 +129,24 @@ def test_regret_measure_scores_the_whole_catalogue(tmp_path: Path, cloud, device
     assert rec.disagreement == pytest.approx(want, rel=1e-5)
 
 
+def test_uncovered_measure_is_the_mass_outside_the_cloud_list(tmp_path: Path, cloud, device_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    from shared.agreement import softmax, uncovered_mass
+
+    rr = OnnxReranker.from_file(device_model_dir / "model.onnx", 50, n_items=1682)
+    rt = make(tmp_path, cloud[0], rr, NeverPolicy(), measure="uncovered", regret_temperature=4.0,
+              device_candidates=10)
+    for i, item in enumerate([50, 100, 181, 258]):
+        rec = rt.record(item, 1.0 + i)
+    scores = rr.score_catalogue(rt.store.recent(50)).astype(np.float64)
+    scores[[50, 100, 181, 258]] = -np.inf
+    cloud_left = [i for i in rt.cached.items.tolist() if i not in (50, 100, 181, 258)]  # type: ignore[union-attr]
+    want = uncovered_mass(softmax(scores, 4.0), np.array(cloud_left))
+    assert 0.0 < rec.disagreement < 1.0
+    assert rec.disagreement == pytest.approx(want, rel=1e-5)
+    # The device's own picks are ranked too, yet do not count as covered by the cloud.
+    assert rt._shown.size > len(cloud_left)
+
+
 def test_regret_needs_the_catalogue_size(tmp_path: Path, cloud, reranker) -> None:  # type: ignore[no-untyped-def]
     assert reranker.score_catalogue(np.array([1, 2])) is None
     rt = make(tmp_path, cloud[0], reranker, NeverPolicy(), measure="regret")

@@ -90,3 +90,16 @@ def test_expected_regret_grows_with_the_device_confidence() -> None:
     assert expected_regret(sure, np.array([0, 99, 1]), 3) == pytest.approx(best - sure[1] / 2)
     with pytest.raises(ValueError, match="k must be"):
         expected_regret(sure, shown, 0)
+
+
+def test_uncovered_mass_is_the_probability_outside_the_list() -> None:
+    from shared.agreement import uncovered_mass
+
+    p = np.array([0.0, 0.5, 0.3, 0.1, 0.1])
+    assert uncovered_mass(p, np.array([1, 2, 3, 4])) == pytest.approx(0.0)
+    assert uncovered_mass(p, np.array([2, 4])) == pytest.approx(0.6)
+    # Duplicates, padding and unknown ids count once or not at all.
+    assert uncovered_mass(p, np.array([2, 2, 0, 77, 4])) == pytest.approx(0.6)
+    assert uncovered_mass(p, np.array([], dtype=np.int64)) == pytest.approx(1.0)
+    # The less likely the device finds what the list holds, the larger the score.
+    assert uncovered_mass(p, np.array([3])) > uncovered_mass(p, np.array([1]))

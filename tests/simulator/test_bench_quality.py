@@ -102,5 +102,27 @@ def test_device_model_trained_again_on_lists(tmp_path: Path, objective: str) -> 
     assert get(rows, "disagreement", 1.0)["NDCG@10"] == pytest.approx(get(rows, "always-fresh")["NDCG@10"])
     # A second run with reuse takes the full model from disk instead of training it again.
     before = (tmp_path / "ml-100k" / "seed0" / "device" / "sasrec.pt").stat().st_mtime_ns
+    listed = tmp_path / "ml-100k" / "seed0" / f"device-{objective}" / "reranker.pt"
+    listed_before = listed.stat().st_mtime_ns
     run(QualityConfig(**{**cfg.__dict__, "reuse": True}))
     assert (tmp_path / "ml-100k" / "seed0" / "device" / "sasrec.pt").stat().st_mtime_ns == before
+    assert listed.stat().st_mtime_ns == listed_before
+
+
+def test_device_candidates_and_the_uncovered_measure(tmp_path: Path) -> None:
+    cfg = QualityConfig(dataset="ml-100k", device_epochs=1, max_users=150, baselines=(),
+                        device_model={"dim": 16, "layers": 1, "heads": 1}, ratios=(0.0, 0.2, 1.0),
+                        device_candidates=10, measure="uncovered", threads=1, workdir=tmp_path)
+    rows, infos = run(cfg)
+    assert infos[0]["regret_temperature"] in cfg.regret_temperatures
+    # The device's top 10 are among the candidates: the widened list holds the target at
+    # least as often as the device's own top 10, and as often as the cloud's list.
+    fused = get(rows, "fusion")
+    assert fused["recall@list"] >= get(rows, "device-only")["HR@10"] - 1e-12
+    assert fused["recall@list"] >= get(rows, "cloud-stale")["recall@list"] - 1e-12
+    assert get(rows, "always-fresh")["recall@list"] >= get(rows, "cloud-fresh")["recall@list"] - 1e-12
+    assert get(rows, "disagreement", 0.0)["NDCG@10"] == pytest.approx(fused["NDCG@10"])
+    assert get(rows, "disagreement", 1.0)["NDCG@10"] == pytest.approx(get(rows, "always-fresh")["NDCG@10"])
+    assert 0.0 < get(rows, "disagreement", 0.2)["measured_ratio"] <= 0.2 + 2 / 150
+    with pytest.raises(ValueError, match="device_candidates must be >= 0"):
+        run(QualityConfig(dataset="ml-100k", device_candidates=-1, workdir=tmp_path))
