@@ -21,14 +21,16 @@ lists, one for fresh lists: the device knows which it holds).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -498,6 +500,41 @@ def run(cfg: QualityConfig, say: Callable[[str], None] = lambda s: None
         raise ValueError(f"device_candidates must be >= 0, got {cfg.device_candidates}")
     ds = load_dataset(cfg.dataset)
     say(ds.describe())
+    with _workdir_lock(Path(cfg.workdir) / ds.name):
+        return _run_locked(cfg, ds, say)
+
+
+class WorkdirInUse(ValueError):
+    """Another run holds the work directory (its models would be overwritten under it)."""
+
+
+@contextmanager
+def _workdir_lock(path: Path) -> Iterator[None]:
+    """Hold ``path/.lock`` for the run: two runs writing the same models would corrupt them."""
+    path.mkdir(parents=True, exist_ok=True)
+    lock = path / ".lock"
+    with open(lock, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            raise WorkdirInUse(f"{path} is in use by another bench run (pid {holder}); "
+                               "wait for it or pass another --workdir") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _run_locked(cfg: QualityConfig, ds: Dataset, say: Callable[[str], None]
+                ) -> tuple[list[Row], list[dict[str, Any]]]:
     tasks = _tasks(cfg)
     results: dict[tuple[int, str | None], tuple[list[Row], dict[str, Any] | None]] = {}
     if cfg.jobs == 1:

@@ -126,3 +126,13 @@ def test_device_candidates_and_the_uncovered_measure(tmp_path: Path) -> None:
     assert 0.0 < get(rows, "disagreement", 0.2)["measured_ratio"] <= 0.2 + 2 / 150
     with pytest.raises(ValueError, match="device_candidates must be >= 0"):
         run(QualityConfig(dataset="ml-100k", device_candidates=-1, workdir=tmp_path))
+
+
+def test_a_second_run_on_the_same_workdir_is_refused(tmp_path: Path) -> None:
+    from simulator.bench.quality import WorkdirInUse, _workdir_lock
+
+    cfg = QualityConfig(dataset="ml-100k", device_epochs=1, max_users=50, baselines=(), workdir=tmp_path)
+    with _workdir_lock(tmp_path / "ml-100k"):
+        with pytest.raises(WorkdirInUse, match="in use by another bench run"):
+            run(cfg)
+    assert not (tmp_path / "ml-100k" / "seed0").exists()  # refused before anything was written
