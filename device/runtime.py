@@ -326,8 +326,9 @@ class DeviceRuntime:
         catalogue = self.config.measure in CATALOGUE_MEASURES
         every = (self._catalogue_scores(history)
                  if catalogue or self.config.device_candidates else None)
+        open_scores = self._open_catalogue(every) if every is not None else None
         cloud_norm, cloud_order = live.cloud(self.config.scale)
-        extra = self._device_picks(every, items) if self.config.device_candidates else None
+        extra = self._device_picks(open_scores, items) if self.config.device_candidates else None
         if extra is not None and extra.size:
             # The cloud did not rank the device's picks: they sit just below its worst item.
             floor = float(cloud_scores.min()) - 1.0 if cloud_scores.size else 0.0
@@ -341,22 +342,27 @@ class DeviceRuntime:
         self._shown = items[descending_order(fused)]
         self._last = _Scored(items, cloud_scores, device_scores, raw, emb)
         if catalogue:
-            self._disagreement = self._catalogue_disagreement(every)
+            self._disagreement = self._catalogue_disagreement(open_scores)
             return
         device_order = items[order]
         self._disagreement = disagreement(cloud_order, device_order, self.config.measure,
                                           self.config.measure_top)
 
-    def _device_picks(self, catalogue: np.ndarray | None, listed: np.ndarray) -> np.ndarray:
-        """The device model's ``device_candidates`` best items (unseen, if seen ones are
-        excluded), best first, less those the cloud already listed."""
-        if catalogue is None:
-            return np.zeros(0, dtype=np.int64)
+    def _open_catalogue(self, catalogue: np.ndarray) -> np.ndarray:
+        """(N+1,) float64 copy of the catalogue scores with padding and, when ``exclude_seen``,
+        consumed items at ``-inf``: what the device could still show."""
         scores = np.array(catalogue, dtype=np.float64)
         scores[0] = -np.inf
         if self.config.exclude_seen:
             seen = np.fromiter(self.store.seen(), dtype=np.int64)
             scores[seen[(seen > 0) & (seen < scores.size)]] = -np.inf
+        return scores
+
+    def _device_picks(self, scores: np.ndarray | None, listed: np.ndarray) -> np.ndarray:
+        """The device model's ``device_candidates`` best items among :meth:`_open_catalogue`'s
+        ``scores``, best first, less those the cloud already listed."""
+        if scores is None:
+            return np.zeros(0, dtype=np.int64)
         k = min(self.config.device_candidates, int(np.isfinite(scores).sum()))
         if k <= 0:
             return np.zeros(0, dtype=np.int64)
@@ -376,15 +382,10 @@ class DeviceRuntime:
             self._warned_catalogue = True
         return scores
 
-    def _catalogue_disagreement(self, catalogue: np.ndarray | None) -> float:
-        """``regret``, ``uncovered`` or ``coverage`` from the device model's scores over the whole catalogue."""
-        if catalogue is None:  # a model that cannot score the catalogue: never a trigger
+    def _catalogue_disagreement(self, scores: np.ndarray | None) -> float:
+        """``regret``, ``uncovered`` or ``coverage`` from :meth:`_open_catalogue`'s scores."""
+        if scores is None:  # a model that cannot score the catalogue: never a trigger
             return 0.0
-        scores = np.array(catalogue, dtype=np.float64)
-        scores[0] = -np.inf
-        if self.config.exclude_seen:
-            seen = np.fromiter(self.store.seen(), dtype=np.int64)
-            scores[seen[(seen > 0) & (seen < scores.size)]] = -np.inf
         if self.config.measure == "regret":
             return expected_regret(softmax(scores, self.config.regret_temperature), self._shown,
                                    self.config.show)
