@@ -136,29 +136,34 @@ def _disagreements(items: np.ndarray, cloud: np.ndarray, srm: np.ndarray, measur
     return out
 
 
+def _open_full_scores(srm: Any, histories: list[np.ndarray], n_items: int) -> Iterator[
+        tuple[int, int, np.ndarray]]:
+    """:func:`srm_full_scores` with padding and each user's seen items at ``-inf``."""
+    for lo, hi, scores in srm_full_scores(srm, histories):
+        scores[:, 0] = -np.inf
+        scores[seen_mask(histories[lo:hi], n_items)] = -np.inf
+        yield lo, hi, scores
+
+
 def _coverage(histories: list[np.ndarray], items: np.ndarray, srm: Any, top: int,
               n_items: int) -> np.ndarray:
     """Per user: share of the device model's top-``top`` items (whole catalogue) absent from the list."""
     out = np.empty(items.shape[0])
-    for lo, hi, scores in srm_full_scores(srm, histories):
-        scores[:, 0] = -np.inf
-        scores[seen_mask(histories[lo:hi], n_items)] = -np.inf
+    for lo, hi, scores in _open_full_scores(srm, histories, n_items):
         tops = np.argpartition(-scores, top, axis=1)[:, :top]
         for j in range(lo, hi):
             out[j] = disagreement(items[j], tops[j - lo], "coverage")
     return out
 
 
-def _regret(histories: list[np.ndarray], lists: np.ndarray, srm: Any, k: int,
+def _catalogue_signal(histories: list[np.ndarray], lists: np.ndarray, srm: Any, k: int,
             n_items: int, temperatures: tuple[float, ...], measure: str = "regret"
             ) -> dict[float, np.ndarray]:
     """Per temperature, per user, from the device's softmax over the catalogue: ``regret``,
     the expected DCG@k the shown (fused) list ``lists`` loses against the device's own best
     list, or ``uncovered``, the probability mass outside the cloud's list ``lists``."""
     out = {t: np.empty(lists.shape[0]) for t in temperatures}
-    for lo, hi, scores in srm_full_scores(srm, histories):
-        scores[:, 0] = -np.inf
-        scores[seen_mask(histories[lo:hi], n_items)] = -np.inf
+    for lo, hi, scores in _open_full_scores(srm, histories, n_items):
         for t in temperatures:
             probs = softmax(scores, t)
             for j in range(lo, hi):
@@ -236,9 +241,7 @@ def _lists(ev: EvalSet, gen: backends.CandidateGenerator, srm: Any, count: int) 
 def _device_top(histories: list[np.ndarray], srm: Any, k: int, n_items: int) -> np.ndarray:
     """(M, k) the device model's k best unseen items per user over the whole catalogue, best first."""
     out = np.zeros((len(histories), k), dtype=np.int64)
-    for lo, hi, scores in srm_full_scores(srm, histories):
-        scores[:, 0] = -np.inf
-        scores[seen_mask(histories[lo:hi], n_items)] = -np.inf
+    for lo, hi, scores in _open_full_scores(srm, histories, n_items):
         top = np.argpartition(-scores, k, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(scores, top, 1), axis=1, kind="stable")
         out[lo:hi] = np.take_along_axis(top, order, 1)
@@ -354,14 +357,14 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
         # uncovered, the cloud's own stale list.
         v_lists, t_lists = ((v_orders, stale_orders) if cfg.measure == "regret"
                             else (v_cloud_stale, cloud_stale_items))
-        by_t = _regret(valid.histories, v_lists, srm, 10, ds.n_items, cfg.regret_temperatures,
+        by_t = _catalogue_signal(valid.histories, v_lists, srm, 10, ds.n_items, cfg.regret_temperatures,
                        cfg.measure)
         # The temperature whose signal picks the users a refresh helps most, on validation.
         temp = max(cfg.regret_temperatures,
                    key=lambda t: _select_share(by_t[t], v_stale_r, v_fresh_r, (0.05, 0.2)))
         info["regret_temperature"] = temp
         valid_dis = by_t[temp]
-        test_dis = _regret(test.histories, t_lists, srm, 10, ds.n_items, (temp,), cfg.measure)[temp]
+        test_dis = _catalogue_signal(test.histories, t_lists, srm, 10, ds.n_items, (temp,), cfg.measure)[temp]
     elif cfg.measure == "coverage":
         valid_dis = _coverage(valid.histories, v.stale_items, srm, cfg.measure_top, ds.n_items)
         test_dis = _coverage(test.histories, te.stale_items, srm, cfg.measure_top, ds.n_items)
