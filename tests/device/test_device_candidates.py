@@ -52,6 +52,17 @@ def cached_list(rng: np.random.Generator, list_id: str, n: int = 40) -> CachedLi
     return CachedList(items, scores, list_id, "m", 0.0, 1e9)
 
 
+def runtime_on_list(tmp_path: Path, seed: int, n: int, reranker: object = None, **cfg: object
+                    ) -> tuple[DeviceRuntime, CachedList]:
+    """A runtime (no cloud client) whose store holds one random cached list of ``n`` items."""
+    store = DeviceStore(tmp_path / "d.sqlite")
+    c = cached_list(np.random.default_rng(seed), "L0", n=n)
+    store.save_list(c)
+    rt = DeviceRuntime("d", store, reranker or CatalogueReranker(), None, NeverPolicy(),  # type: ignore[arg-type]
+                       RuntimeConfig(**cfg))  # type: ignore[arg-type]
+    return rt, c
+
+
 def harness_order(rt: DeviceRuntime, k: int) -> tuple[list[int], dict[int, float]]:
     """The harness's fused order of the same state (unseen cloud items plus the device's
     top k), and each item's fused score in float64."""
@@ -118,12 +129,7 @@ def test_the_device_top_is_always_a_candidate(tmp_path: Path) -> None:
 
 
 def test_alpha_one_keeps_the_cloud_list_on_top(tmp_path: Path) -> None:
-    rng = np.random.default_rng(7)
-    store = DeviceStore(tmp_path / "d.sqlite")
-    c = cached_list(rng, "L0", n=12)
-    store.save_list(c)
-    rt = DeviceRuntime("d", store, CatalogueReranker(), None, NeverPolicy(),
-                       RuntimeConfig(device_candidates=8, alpha=1.0))
+    rt, c = runtime_on_list(tmp_path, 7, 12, device_candidates=8, alpha=1.0)
     rt.record(int(c.items[0]), 1.0)
     live = [int(i) for i in c.items[1:]]
     assert sorted(rt._shown[: len(live)].tolist()) == sorted(live)  # the cloud's items first
@@ -132,12 +138,7 @@ def test_alpha_one_keeps_the_cloud_list_on_top(tmp_path: Path) -> None:
 
 def test_remaining_counts_only_the_clouds_candidates(tmp_path: Path) -> None:
     """The "list mostly consumed" trigger must still fire though the device adds items."""
-    rng = np.random.default_rng(8)
-    store = DeviceStore(tmp_path / "d.sqlite")
-    c = cached_list(rng, "L0", n=10)
-    store.save_list(c)
-    rt = DeviceRuntime("d", store, CatalogueReranker(), None, NeverPolicy(),
-                       RuntimeConfig(device_candidates=20))
+    rt, c = runtime_on_list(tmp_path, 8, 10, device_candidates=20)
     for t, item in enumerate(c.items[:9]):
         rt.record(int(item), float(t))
     state: PolicyInput = rt._policy_input(10.0)
@@ -146,12 +147,7 @@ def test_remaining_counts_only_the_clouds_candidates(tmp_path: Path) -> None:
 
 
 def test_a_model_without_its_catalogue_ranks_the_list_only(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
-    rng = np.random.default_rng(9)
-    store = DeviceStore(tmp_path / "d.sqlite")
-    c = cached_list(rng, "L0", n=20)
-    store.save_list(c)
-    rt = DeviceRuntime("d", store, ListOnlyReranker(), None, NeverPolicy(),
-                       RuntimeConfig(device_candidates=10))
+    rt, c = runtime_on_list(tmp_path, 9, 20, ListOnlyReranker(), device_candidates=10)
     rec = rt.record(int(c.items[0]), 1.0)
     assert rec.items.size == 10 and np.isin(rt._shown, c.items).all()
     assert "device_candidates" in caplog.text
