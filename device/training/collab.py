@@ -10,7 +10,11 @@ Objectives (``RerankTrainConfig.objective``):
 * ``full`` — softmax over the whole catalogue (SASRec, GRU4Rec only).
 
 ``full_weight`` adds a full-catalogue term to ``collab`` (keeps the model's
-global sense of items); ``init_from`` warm-starts from another trained model,
+global sense of items); ``distill_weight`` adds distillation from the cloud:
+for each prefix the cloud ranks the *whole* prefix (what a request would
+return), out of fold, and the device's softmax over that list is pulled
+towards the cloud's own distribution over it, so the device learns what the
+fresh cloud would say when it cannot ask; ``init_from`` warm-starts from another trained model,
 e.g. fine-tuning a ``full`` model on cloud lists. Early stopping uses the
 reranking NDCG@10 of each sequence's last prefix over a stale cloud list.
 
@@ -39,7 +43,14 @@ from torch import nn
 
 from cloud.generator import CandidateGenerator
 from device.training import archs
-from device.training.lists import Prefixes, cloud_lists, histories, pad_left, prefixes, with_target
+from device.training.lists import (
+    Prefixes,
+    histories,
+    pad_left,
+    prefixes,
+    scored_cloud_lists,
+    with_target,
+)
 from shared.metrics import ranks_in_lists, summarize
 
 log = logging.getLogger(__name__)
@@ -54,6 +65,12 @@ class RerankTrainConfig:
     lags: tuple[int, ...] = (0, 1, 2)  # staleness of the cloud list per prefix, drawn uniformly
     valid_lag: int = 2  # staleness of the validation lists (the device-cloud split's lag)
     full_weight: float = 0.0  # weight of an extra full-catalogue term in collab training
+    # Distillation: weight of a soft-label term towards the cloud's distribution over its
+    # fresh list for each prefix. The cloud's probabilities are its scores normalised to sum
+    # to one when distill_temperature is 0 (count-like scores, e.g. co-occurrence votes),
+    # else softmax(score / distill_temperature).
+    distill_weight: float = 0.0
+    distill_temperature: float = 0.0
     # A cloud list without the true next item: "insert" it (every example trains the
     # listwise term), or "ignore" the example in that term (it can only teach the model to
     # spot the inserted odd one out, a skill no real list rewards; the full term still sees it).
@@ -73,6 +90,10 @@ class RerankTrainConfig:
     # and each fold's lists come from a cloud fitted without it, so the target is in the
     # list about as often as at serving time (an in-sample cloud "remembers" the answer).
     folds: int = 1
+    # Fit the out-of-fold clouds without each sequence's last item, the transitions validation
+    # scores: otherwise the cloud's lists (above all distillation's soft labels) teach the
+    # device the validation period's transitions of other users, and validation flatters it.
+    folds_hold_out_valid: bool = False
     cache_dir: str | None = None  # where cloud lists are cached (default: out_dir/cache)
     model: dict[str, Any] = field(default_factory=dict)  # architecture config overrides
 
@@ -85,6 +106,8 @@ class RerankTrainConfig:
             raise ValueError(f"missing_target must be insert or ignore, got {self.missing_target!r}")
         if not self.lags or min(self.lags) < 0 or self.valid_lag < 0:
             raise ValueError("lags must be a non-empty tuple of values >= 0")
+        if self.distill_weight < 0 or self.distill_temperature < 0:
+            raise ValueError("distill_weight and distill_temperature must be >= 0")
 
 
 @dataclass
@@ -167,6 +190,33 @@ def _loss(model: nn.Module, objective: Objective, full_weight: float, hist: torc
     return loss
 
 
+def teacher_probabilities(scores: np.ndarray, temperature: float = 0.0) -> np.ndarray:
+    """(P, C) float32 soft labels from the cloud's scores (padding -inf gets 0).
+
+    ``temperature`` 0: scores taken as non-negative weights and normalised
+    (a row whose scores are all 0 or below becomes uniform over its items);
+    otherwise a softmax of ``scores / temperature``.
+    """
+    finite = np.isfinite(scores)
+    if temperature > 0:
+        z = np.where(finite, scores / temperature, -np.inf)
+        z = z - np.max(np.where(finite, z, -np.inf), axis=1, keepdims=True, initial=-np.inf)
+        w = np.where(finite, np.exp(np.where(finite, z, 0.0)), 0.0)
+    else:
+        w = np.where(finite, np.maximum(np.where(finite, scores, 0.0), 0.0), 0.0)
+        flat = w.sum(axis=1) <= 0
+        w[flat] = finite[flat].astype(w.dtype)
+    total = w.sum(axis=1, keepdims=True)
+    return (w / np.where(total > 0, total, 1.0)).astype(np.float32)
+
+
+def distill_loss(model: nn.Module, hist: torch.Tensor, items: torch.Tensor,
+                 probs: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the device's softmax over the cloud's list against the cloud's probabilities."""
+    logits = model.score(hist, items.clamp(min=1)).masked_fill(items == 0, -1e9)
+    return -(probs * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
 def train_reranker(arch: str, train_sequences: Sequence[np.ndarray],
                    cloud_generator: CandidateGenerator | None, n_items: int,
                    config: RerankTrainConfig, out_dir: str | Path,
@@ -200,6 +250,8 @@ def train_reranker(arch: str, train_sequences: Sequence[np.ndarray],
             raise ValueError(f"{arch} has no full-catalogue score; use objective collab or random")
     if config.objective == "collab" and cloud_generator is None:
         raise ValueError("collab training needs the cloud's candidate generator")
+    if config.distill_weight > 0 and cloud_generator is None:
+        raise ValueError("distillation needs the cloud's candidate generator")
     max_len = int(model.cfg.max_len)
     seqs = [np.asarray(s, dtype=np.int64) for s in train_sequences]
 
@@ -232,6 +284,12 @@ def train_reranker(arch: str, train_sequences: Sequence[np.ndarray],
         inside = float((raw == train_p.targets[:, None]).any(axis=1).mean())
         log.info("cloud lists for %d prefixes in %.0fs; target inside %.1f%%", len(train_p),
                  time.perf_counter() - t0, 100 * inside)
+    teacher = None
+    if config.distill_weight > 0:
+        t0 = time.perf_counter()
+        t_items, t_scores = source.lists(train_p, np.zeros(len(train_p), dtype=np.int64), scores=True)
+        teacher = (t_items, teacher_probabilities(t_scores, config.distill_temperature))
+        log.info("cloud teacher lists for %d prefixes in %.0fs", len(train_p), time.perf_counter() - t0)
     log.info("%s/%s: %d training prefixes, %d validation, %d parameters", arch, config.objective,
              len(train_p), len(valid_p), sum(p.numel() for p in model.parameters()))
 
@@ -252,6 +310,9 @@ def train_reranker(arch: str, train_sequences: Sequence[np.ndarray],
             lists_b = torch.from_numpy(train_l[idx]) if train_l is not None else None
             loss = _loss(model, config.objective, config.full_weight, hist, targets_t[idx], lists_b,
                          config.candidates, n_items, gen)
+            if teacher is not None:
+                loss = loss + config.distill_weight * distill_loss(
+                    model, hist, torch.from_numpy(teacher[0][idx]), torch.from_numpy(teacher[1][idx]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -289,21 +350,26 @@ class _ListSource:
     def _gen(self, k: int) -> CandidateGenerator:
         if k not in self._gens:
             assert self.fit is not None
-            self._gens[k] = self.fit([s for i, s in enumerate(self.seqs) if self.fold_of[i] != k])
+            cut = 1 if self.config.folds_hold_out_valid else 0
+            self._gens[k] = self.fit([s[:len(s) - cut] for i, s in enumerate(self.seqs)
+                                      if self.fold_of[i] != k and len(s) - cut >= 2])
         return self._gens[k]
 
-    def lists(self, p: Prefixes, lags: np.ndarray) -> np.ndarray:
+    def lists(self, p: Prefixes, lags: np.ndarray, scores: bool = False) -> Any:
+        """(P, C) items; with ``scores``, (items, scores) with the cloud's scores (padding -inf)."""
         c = self.config.candidates
         if self.folds <= 1:
             assert self.generator is not None
-            return cloud_lists(self.generator, self.seqs, p, c, lags, cache_dir=self.cache)
+            items, vals = scored_cloud_lists(self.generator, self.seqs, p, c, lags, cache_dir=self.cache)
+            return (items, vals) if scores else items
         out = np.zeros((len(p), c), dtype=np.int64)
+        val = np.full((len(p), c), -np.inf, dtype=np.float32)
         for k in range(self.folds):
             rows = np.flatnonzero(self.fold_of[p.seq] == k)
             if rows.size:
-                out[rows] = cloud_lists(self._gen(k), self.seqs, p.take(rows), c, lags[rows],
-                                        cache_dir=self.cache)
-        return out
+                out[rows], val[rows] = scored_cloud_lists(self._gen(k), self.seqs, p.take(rows), c,
+                                                          lags[rows], cache_dir=self.cache)
+        return (out, val) if scores else out
 
 
 def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,

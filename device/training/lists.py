@@ -96,14 +96,28 @@ def cloud_lists(generator: CandidateGenerator, sequences: Sequence[np.ndarray], 
     them), so the list is what the reranker will face. With ``cache_dir`` the
     result is stored under a key of the generator version and the examples.
     """
+    return scored_cloud_lists(generator, sequences, p, count, lags, chunk, cache_dir, progress)[0]
+
+
+def scored_cloud_lists(generator: CandidateGenerator, sequences: Sequence[np.ndarray], p: Prefixes,
+                       count: int, lags: np.ndarray, chunk: int = 1024,
+                       cache_dir: str | Path | None = None,
+                       progress: Callable[[int, int], None] | None = None,
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`cloud_lists`, with the cloud's scores: (P, count) items and (P, count) float32.
+
+    Padding slots hold item 0 and score -inf.
+    """
     lags = np.asarray(lags, dtype=np.int64)
     cache = None
     if cache_dir is not None:
-        cache = Path(cache_dir) / f"cloud_lists_{_cache_key(generator, sequences, p, count, lags)}.npy"
+        cache = Path(cache_dir) / f"cloud_lists_{_cache_key(generator, sequences, p, count, lags)}.npz"
         if cache.is_file():
             log.info("cloud lists from cache %s", cache)
-            return np.load(cache)
+            with np.load(cache) as z:
+                return z["items"], z["scores"]
     out = np.zeros((len(p), count), dtype=np.int64)
+    val = np.full((len(p), count), -np.inf, dtype=np.float32)
     for lo in range(0, len(p), chunk):
         hi = min(lo + chunk, len(p))
         stale = [sequences[s][: max(t - g, 0)] for s, t, g in
@@ -114,14 +128,18 @@ def cloud_lists(generator: CandidateGenerator, sequences: Sequence[np.ndarray], 
         for j, cand in enumerate(lists):
             s, t = p.seq[lo + j], p.pos[lo + j]
             seen = sequences[s][max(t - lags[lo + j], 0):t]
-            items = cand.items[~np.isin(cand.items, seen)][:count] if seen.size else cand.items[:count]
+            keep = ~np.isin(cand.items, seen) if seen.size else np.ones(cand.items.size, bool)
+            items, scores = cand.items[keep][:count], cand.scores[keep][:count]
             out[lo + j, : items.size] = items
+            val[lo + j, : items.size] = scores
         if progress:
             progress(hi, len(p))
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cache, out)
-    return out
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, items=out, scores=val)
+        tmp.replace(cache)
+    return out, val
 
 
 def with_target(lists: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

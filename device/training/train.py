@@ -167,7 +167,17 @@ def trained_with(meta_path: str | Path, config: object) -> bool:
         recorded = json.loads(Path(meta_path).read_text())["train"]
     except (OSError, ValueError, KeyError):
         return False
-    return bool(recorded == json.loads(json.dumps(asdict(config))))  # type: ignore[call-overload]
+    current = json.loads(json.dumps(asdict(config)))  # type: ignore[call-overload]
+    # A setting added after the model was trained matches when it holds its default
+    # (the run behaved as the default does), so new options do not void old models.
+    try:
+        defaults = json.loads(json.dumps(asdict(type(config)())))  # type: ignore[call-overload]
+    except TypeError:  # a config without defaults for every field
+        defaults = {}
+    for key in set(current) - set(recorded):
+        if key in defaults and current[key] == defaults[key]:
+            recorded[key] = current[key]
+    return bool(recorded == current)
 
 
 def load_sasrec(model_dir: str | Path) -> SASRec:

@@ -26,6 +26,9 @@ def cmd_quality(ns: argparse.Namespace) -> int:
                         device_full_weight=ns.device_full_weight,
                         device_missing_target=ns.device_missing_target,
                         device_candidates=ns.device_candidates,
+                        device_distill_weight=ns.device_distill_weight,
+                        device_distill_temperature=ns.device_distill_temperature,
+                        device_folds_hold_out_valid=ns.device_folds_hold_out_valid,
                         baselines=tuple(ns.baseline) if ns.baseline else QualityConfig.baselines)
     start = time.perf_counter()
 
@@ -78,6 +81,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--device-missing-target", choices=["ignore", "insert"], default="ignore",
                    help="collab: a cloud list without the target trains only the full term "
                         "(ignore) or gets the target inserted (insert)")
+    q.add_argument("--device-distill-weight", type=float, default=0.0,
+                   help="collab / random: weight of distillation towards the cloud's distribution "
+                        "over its fresh list for each training prefix (0: off)")
+    q.add_argument("--device-distill-temperature", type=float, default=0.0,
+                   help="temperature of the cloud's soft labels (0: its scores normalised)")
+    q.add_argument("--device-folds-hold-out-valid", action="store_true",
+                   help="collab / distillation: fit the out-of-fold clouds without each "
+                        "sequence's last item (the validation targets)")
     q.add_argument("--device-candidates", type=int, default=0, metavar="K",
                    help="add the device model's own top K unseen items to every cloud list "
                         "before fusion (the runtime's device_candidates)")

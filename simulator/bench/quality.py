@@ -74,6 +74,13 @@ class QualityConfig:
     device_folds: int = 3
     device_full_weight: float = 1.0  # collab: weight of the full-catalogue term beside the lists
     device_missing_target: str = "ignore"  # collab: lists without the target train the full term only
+    # Distillation while training on lists: weight of the soft-label term towards the cloud's
+    # distribution over its fresh list for each training prefix (out of fold), and the
+    # temperature of those labels (0: the cloud's scores normalised).
+    device_distill_weight: float = 0.0
+    device_distill_temperature: float = 0.0
+    # Out-of-fold clouds fitted without the validation targets (RerankTrainConfig.folds_hold_out_valid).
+    device_folds_hold_out_valid: bool = False
     reuse: bool = False  # reuse models already trained in workdir with the same settings
     # Softmax temperatures the regret signal may use; the validation step picks one.
     regret_temperatures: tuple[float, ...] = (1.0, 2.0, 4.0)
@@ -419,15 +426,23 @@ def _train_on_lists(ds: Dataset, cfg: QualityConfig, seed: int, train: list[np.n
     if cfg.device_objective not in ("collab", "random"):
         raise ValueError(f"device_objective must be full, collab or random, got {cfg.device_objective!r}")
     init = archs.save(srm, work / "device-init")
-    out = work / f"device-{cfg.device_objective}"
+    out = work / (f"device-{cfg.device_objective}" if cfg.device_distill_weight <= 0 else
+                  f"device-{cfg.device_objective}-distill{cfg.device_distill_weight:g}"
+                  f"-t{cfg.device_distill_temperature:g}")
+    if cfg.device_folds_hold_out_valid:
+        out = out.with_name(out.name + "-holdout")
     rc = RerankTrainConfig(objective=cfg.device_objective, candidates=cfg.candidates,  # type: ignore[arg-type]
                            valid_lag=cfg.lag, epochs=cfg.device_epochs,
                            batch_size=cfg.device_batch_size, patience=cfg.device_patience,
                            time_budget_s=cfg.device_time_budget_s, seed=seed,
                            threads=cfg.torch_threads(), init_from=str(init),
-                           folds=cfg.device_folds if cfg.device_objective == "collab" else 1,
+                           folds=(cfg.device_folds if cfg.device_objective == "collab"
+                                  or cfg.device_distill_weight > 0 else 1),
                            full_weight=cfg.device_full_weight if cfg.device_objective == "collab" else 0.0,
                            missing_target=cfg.device_missing_target,
+                           distill_weight=cfg.device_distill_weight,
+                           distill_temperature=cfg.device_distill_temperature,
+                           folds_hold_out_valid=cfg.device_folds_hold_out_valid,
                            max_examples=None if cfg.max_users is None else 50 * cfg.max_users)
     if cfg.reuse and trained_with(out / "reranker.json", rc):
         say(f"seed {seed}: reusing the {cfg.device_objective}-trained device model in {out}")
