@@ -114,6 +114,7 @@ class _Scored:
     device: np.ndarray
     raw: np.ndarray
     emb: np.ndarray | None
+    model: str = ""  # version of the reranker that scored it
 
 
 @dataclass
@@ -160,6 +161,7 @@ class DeviceRuntime:
         self.alpha_learner = (AlphaLearner(prior_alpha=self.config.alpha, scale=self.config.scale)
                               if self.config.learn_alpha else None)
         self.adapter: UserAdapter | None = None
+        self._adapter_model: str | None = None  # version of the model the user vector belongs to
         self._shown = np.zeros(0, dtype=np.int64)
         self._remaining = 0  # cloud candidates not consumed yet
         self._disagreement = 0.0
@@ -252,7 +254,8 @@ class DeviceRuntime:
         hit = np.flatnonzero(last.items == item)
         if self.alpha_learner is not None and hit.size:
             self.alpha_learner.update(last.cloud, last.device, int(hit[0]))
-        if self.adapter is not None and last.emb is not None:
+        if self.adapter is not None and last.emb is not None and last.model == self._model_version():
+            # (a list scored by a model since replaced holds embeddings of another space)
             if hit.size:
                 chosen = last.emb[hit[0]]
             else:  # a choice from outside the list still says where the user's taste is
@@ -306,8 +309,12 @@ class DeviceRuntime:
         scores, emb = score_emb(history, items) if score_emb else (self.reranker.score(history, items), None)
         if emb is None:
             return scores, scores, None  # the model ships no embeddings: nothing to adapt
-        if self.adapter is None or self.adapter.dim != emb.shape[1]:
+        version = self._model_version()
+        if self.adapter is None or self.adapter.dim != emb.shape[1] or self._adapter_model != version:
+            # A user vector lives in one model's embedding space: a new model starts afresh
+            # (even at the same width), the same model after a restart resumes.
             self.adapter = UserAdapter(emb.shape[1], lr=self.config.adapt_lr, decay=self.config.adapt_decay)
+            self._adapter_model = version
             self._load_adapter_state()
         return self.adapter.adjust(scores, emb), scores, emb
 
@@ -340,7 +347,7 @@ class DeviceRuntime:
         order = descending_order(device_scores) if scale == "rank" or not catalogue else None
         fused = blend(cloud_norm, normalise(device_scores, scale, order), self.alpha)
         self._shown = items[descending_order(fused)]
-        self._last = _Scored(items, cloud_scores, device_scores, raw, emb)
+        self._last = _Scored(items, cloud_scores, device_scores, raw, emb, self._model_version())
         if catalogue:
             self._disagreement = self._catalogue_disagreement(open_scores)
             return
@@ -415,9 +422,23 @@ class DeviceRuntime:
             self.alpha_learner.load_state(state["alpha"])
         self._adapter_state = state.get("adapter")
 
+    def _model_version(self) -> str:
+        return str(getattr(self.reranker, "version", "") or "")
+
     def _load_adapter_state(self) -> None:
-        if self.adapter is not None and self._adapter_state:
-            self.adapter.load_state(self._adapter_state)
+        saved = self._adapter_state
+        if self.adapter is None or not saved:
+            return
+        if "model" in saved:  # {"model": version, "state": ...}: only for the model that learnt it
+            if saved["model"] != self._adapter_model:
+                log.info("user vector learnt with model %s; starting afresh for %s",
+                         saved["model"], self._adapter_model)
+                return
+            saved = saved["state"]
+        try:
+            self.adapter.load_state(saved)
+        except (KeyError, ValueError) as e:
+            log.warning("stored user vector unusable (%s); starting afresh", e)
 
     def _save_state(self) -> None:
         state: dict[str, object] = {}
@@ -426,7 +447,7 @@ class DeviceRuntime:
         if self.alpha_learner is not None:
             state["alpha"] = self.alpha_learner.state()
         if self.adapter is not None:
-            state["adapter"] = self.adapter.state()
+            state["adapter"] = {"model": self._adapter_model, "state": self.adapter.state()}
         if state:
             self.store.set_meta("runtime_state", json.dumps(state))
 

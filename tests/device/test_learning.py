@@ -111,3 +111,31 @@ def test_unsent_requests_cost_no_budget(tmp_path: Path, reranker: OnnxReranker) 
         assert not rec.request_ok
     assert rt.requests == 0
     assert rt.policy.bucket.granted == 0  # type: ignore[attr-defined] # every grant was refunded
+
+
+def test_a_new_model_starts_a_new_user_vector(tmp_path: Path, device_model_dir: Path,
+                                              reranker: OnnxReranker) -> None:
+    rt = _runtime(tmp_path / "m.sqlite", reranker, adapt=True)
+    for n in range(6):
+        rt.record(int(rt.recommend()[0]), float(n))
+    assert rt.adapter is not None and rt.adapter.updates == 6
+    learnt = rt.adapter.u.copy()
+    # Same width, another release: its embedding space is not the old one's.
+    v2 = OnnxReranker.from_file(device_model_dir / "model.onnx", 50, version="v2")
+    assert v2.version != reranker.version
+    rt.reranker = v2  # what ModelUpdater.apply does between events
+    rt.record(int(rt.recommend()[0]), 10.0)  # the list it chose from was scored by the old model
+    assert rt.adapter.updates == 0 and not np.any(rt.adapter.u)
+    rt.record(int(rt.recommend()[0]), 11.0)
+    assert rt.adapter.updates == 1
+    v2_u = rt.adapter.u.copy()
+    rt.close()
+    # A restart resumes the vector of the model it was learnt with, and only that one.
+    again = _runtime(tmp_path / "m.sqlite", v2, adapt=True)
+    again.recommend()
+    assert again.adapter is not None and np.allclose(again.adapter.u, v2_u)
+    again.close()
+    old = _runtime(tmp_path / "m.sqlite", reranker, adapt=True)
+    old.recommend()
+    assert old.adapter is not None and old.adapter.updates == 0
+    assert not np.allclose(learnt, 0.0)
