@@ -123,8 +123,11 @@ def cmd_cloud_serve(ns: argparse.Namespace) -> int:
         print(f"operator HTTP on port {port}", file=sys.stderr, flush=True)
         _write_ready(ns.http_ready_file, port)
 
+    from cloud.device_telemetry import TelemetryConfig
+
     serve(ns.address, service, registry, config, announce, authority=authority, http=http,
-          cloud_registry=cloud_registry, on_http_ready=announce_http)
+          cloud_registry=cloud_registry, on_http_ready=announce_http,
+          device_telemetry=TelemetryConfig(log_path=ns.telemetry_log))
     return 0
 
 
@@ -275,6 +278,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--ttl", type=float, default=86400.0, help="list time-to-live, seconds")
     q.add_argument("--workers", type=int, default=0,
                    help="handler threads (0 = 16, or twice --batch-max-size when batching)")
+    q.add_argument("--telemetry-log", metavar="PATH",
+                   help="append the telemetry devices upload (ReportTelemetry) to this JSON-lines "
+                        "file; without it the records only feed the metrics")
     q.add_argument("--max-inflight", type=int, default=0,
                    help="calls handled at once; more are refused RESOURCE_EXHAUSTED (0 = workers)")
     q.add_argument("--batch-max-size", type=int, default=1,

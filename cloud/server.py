@@ -56,6 +56,7 @@ from cloud.batching import (
     DynamicBatcher,
     QueueFull,
 )
+from cloud.device_telemetry import TelemetryConfig, TelemetryItem, TelemetryRefused, TelemetrySink
 from cloud.events import DeviceEventLog
 from cloud.interceptors import ErrorInterceptor, LimiterInterceptor, TelemetryInterceptor
 from cloud.metrics import Telemetry
@@ -130,13 +131,15 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
     def __init__(self, service: CandidateService, registry: ModelRegistry | None,
                  telemetry: Telemetry | None = None, events: DeviceEventLog | None = None,
-                 batcher: DynamicBatcher | None = None, replica: str = "") -> None:
+                 batcher: DynamicBatcher | None = None, replica: str = "",
+                 sink: TelemetrySink | None = None) -> None:
         self.service = service
         self.registry = registry
         self.telemetry = telemetry or Telemetry()
         self.events = events or DeviceEventLog()
         self.batcher = batcher
         self.replica = replica or uuid.uuid4().hex[:12]
+        self.sink = sink or TelemetrySink(self.telemetry)
 
     @staticmethod
     def _device_id(claimed: str, context: grpc.ServicerContext) -> str:
@@ -194,6 +197,23 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         raise AssertionError("unreachable: context.abort raises")
 
+    def ReportTelemetry(self, request: pb.ReportTelemetryRequest, context: grpc.ServicerContext
+                        ) -> pb.ReportTelemetryResponse:
+        device_id = self._device_id(request.device_id, context)
+        if not device_id:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "device_id: must not be empty")
+        if len(device_id) > self.service.config.max_device_id:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"device_id: longer than {self.service.config.max_device_id} characters")
+        records = [TelemetryItem(int(r.sequence), r.kind, r.payload_json, float(r.created_at))
+                   for r in request.records]
+        try:
+            acked, rejected = self.sink.accept(device_id, records, request.stream)
+        except TelemetryRefused as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        return pb.ReportTelemetryResponse(acked=acked, rejected=[s for s, _ in rejected],
+                                          rejected_reasons=[why for _, why in rejected])
+
     def GetDeviceModel(self, request: pb.GetDeviceModelRequest, context: grpc.ServicerContext
                        ) -> pb.GetDeviceModelResponse:
         self._device_id(request.device_id, context)
@@ -243,12 +263,13 @@ class CloudServer:
         shutdown(self.server, self.health, self.config.grace_s if grace_s is None else grace_s)
         if self.batcher is not None:  # after the server: calls in their grace still get batched
             self.batcher.close()
+        self.servicer.sink.close()
 
 
 def build_server(address: str, service: CandidateService, registry: ModelRegistry | None = None,
                  config: ServerConfig | None = None, authority: TokenAuthority | None = None,
-                 telemetry: Telemetry | None = None, events: DeviceEventLog | None = None
-                 ) -> CloudServer:
+                 telemetry: Telemetry | None = None, events: DeviceEventLog | None = None,
+                 device_telemetry: TelemetryConfig | None = None) -> CloudServer:
     """Bind a server on ``address`` with auth, limits and telemetry in place."""
     config = config or ServerConfig(insecure=True)
     config.validate()
@@ -273,7 +294,8 @@ def build_server(address: str, service: CandidateService, registry: ModelRegistr
     if config.batching is not None:
         answer = partial(service.answer_batch, on_call=telemetry.observe_batch, validated=True)
         batcher = DynamicBatcher(answer, config.batching).start()
-    servicer = RecommenderServicer(service, registry, telemetry, events, batcher)
+    servicer = RecommenderServicer(service, registry, telemetry, events, batcher,
+                                   sink=TelemetrySink(telemetry, device_telemetry))
     pb_grpc.add_RecommenderServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -310,14 +332,16 @@ def serve(address: str, service: CandidateService, registry: ModelRegistry | Non
           on_ready: Callable[[int], None] | None = None, *,
           authority: TokenAuthority | None = None, http: HttpConfig | None = None,
           cloud_registry: object | None = None,
-          on_http_ready: Callable[[int], None] | None = None) -> int:
+          on_http_ready: Callable[[int], None] | None = None,
+          device_telemetry: TelemetryConfig | None = None) -> int:
     """Run until SIGTERM or SIGINT; ``on_ready(port)`` runs once serving. Returns the port.
 
     With ``http``, the operator surface (health, metrics, registry, dashboard)
     runs in the same process on its own port and stops with the server.
     """
     config = config or ServerConfig(insecure=True)
-    cs = build_server(address, service, registry, config, authority)
+    cs = build_server(address, service, registry, config, authority,
+                      device_telemetry=device_telemetry)
     http_server = None
     if http is not None:
         from cloud.http.app import OpsState

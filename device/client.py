@@ -181,5 +181,16 @@ class CloudClient:
         assert isinstance(resp, pb.GetDeviceModelResponse)
         return model_from_pb(resp)
 
+    def report_telemetry(self, device_id: str, stream: str,
+                         records: list[tuple[int, str, str, float]]
+                         ) -> tuple[list[int], list[tuple[int, str]]]:
+        """Upload outbox records (id, kind, payload JSON, created_at): (acked ids, [(rejected id, why)])."""
+        msg = pb.ReportTelemetryRequest(device_id=device_id, stream=stream, records=[
+            pb.TelemetryRecord(sequence=i, kind=k, payload_json=p, created_at=c) for i, k, p, c in records])
+        resp = self._call(lambda: self.stub.ReportTelemetry(msg, timeout=self.deadline_s,
+                                                            metadata=self.metadata))
+        assert isinstance(resp, pb.ReportTelemetryResponse)
+        return list(resp.acked), list(zip(resp.rejected, resp.rejected_reasons, strict=False))
+
     def close(self) -> None:
         self.channel.close()

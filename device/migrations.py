@@ -11,6 +11,10 @@ History:
 2. ``seen_items`` (what the user consumed, kept when old events are pruned),
    ``outbox`` (telemetry waiting to be uploaded), ``models`` (installed
    reranker files), and an index on ``requests.ts`` for pruning by age.
+3. ``outbox`` ids never reused (``AUTOINCREMENT``: SQLite otherwise restarts
+   at 1 once every row is deleted, and the cloud would take new records for
+   resent ones), and a random ``telemetry_stream`` id in ``meta`` that names
+   this file's sequence of outbox ids to the cloud.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class SchemaTooNew(RuntimeError):
@@ -46,7 +50,18 @@ def _v2(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts)")
 
 
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2}
+def _v3(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE outbox_v3 (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, "
+                 "payload TEXT NOT NULL, created_at FLOAT NOT NULL)")
+    conn.execute("INSERT INTO outbox_v3 (id, kind, payload, created_at) "
+                 "SELECT id, kind, payload, created_at FROM outbox ORDER BY id")
+    conn.execute("DROP TABLE outbox")
+    conn.execute("ALTER TABLE outbox_v3 RENAME TO outbox")
+    conn.execute("INSERT OR IGNORE INTO meta (key, value) "
+                 "VALUES ('telemetry_stream', lower(hex(randomblob(8))))")
+
+
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2, 3: _v3}
 
 
 def version_of(conn: sqlite3.Connection) -> int:

@@ -40,6 +40,7 @@ from device.fusion import AlphaLearner, Scale, blend, descending_order, normalis
 from device.policy import NeverPolicy, PolicyInput, RequestFeedback, RequestPolicy
 from device.reranker import Reranker
 from device.store import CachedList, DeviceStore
+from device.telemetry import FlushResult, TelemetryUploader
 from shared.agreement import (
     CATALOGUE_MEASURES,
     Measure,
@@ -450,6 +451,15 @@ class DeviceRuntime:
             state["adapter"] = {"model": self._adapter_model, "state": self.adapter.state()}
         if state:
             self.store.set_meta("runtime_state", json.dumps(state))
+
+    def upload_telemetry(self, max_batches: int = 10) -> FlushResult:
+        """Send the store's telemetry outbox to the cloud (see :mod:`device.telemetry`).
+
+        Meant for idle moments, not the per-event path; without a client nothing is sent.
+        """
+        if self.client is None:
+            return FlushResult(pending=self.store.pending_count(), error="no cloud client")
+        return TelemetryUploader(self.store, self.client, self.device_id).flush(max_batches)
 
     def close(self) -> None:
         self._save_state()

@@ -270,6 +270,19 @@ class DeviceStore:
         rows = self.conn.execute("SELECT id, kind, payload FROM outbox ORDER BY id LIMIT ?", (limit,))
         return [(int(i), str(k), json.loads(p)) for i, k, p in rows]
 
+    def pending(self, limit: int = 100) -> list[tuple[int, str, str, float]]:
+        """The oldest ``limit`` queued records as stored: (id, kind, payload JSON, created_at)."""
+        rows = self.conn.execute("SELECT id, kind, payload, created_at FROM outbox ORDER BY id LIMIT ?",
+                                 (limit,))
+        return [(int(i), str(k), str(p), float(c)) for i, k, p, c in rows]
+
+    def pending_count(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def telemetry_stream(self) -> str:
+        """This file's random id for its sequence of outbox ids (made by the schema migration)."""
+        return self.get_meta("telemetry_stream") or ""
+
     def ack(self, ids: list[int]) -> None:
         """Delete uploaded records."""
         self.conn.executemany("DELETE FROM outbox WHERE id = ?", [(int(i),) for i in ids])

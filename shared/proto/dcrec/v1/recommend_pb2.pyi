@@ -98,3 +98,35 @@ class GetDeviceModelResponse(_message.Message):
     signature: bytes
     key_id: str
     def __init__(self, updated: _Optional[bool] = ..., version: _Optional[str] = ..., onnx: _Optional[bytes] = ..., sha256: _Optional[str] = ..., config_json: _Optional[str] = ..., sequence: _Optional[int] = ..., manifest: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., key_id: _Optional[str] = ...) -> None: ...
+
+class TelemetryRecord(_message.Message):
+    __slots__ = ("sequence", "kind", "payload_json", "created_at")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    kind: str
+    payload_json: str
+    created_at: float
+    def __init__(self, sequence: _Optional[int] = ..., kind: _Optional[str] = ..., payload_json: _Optional[str] = ..., created_at: _Optional[float] = ...) -> None: ...
+
+class ReportTelemetryRequest(_message.Message):
+    __slots__ = ("device_id", "records", "stream")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    records: _containers.RepeatedCompositeFieldContainer[TelemetryRecord]
+    stream: str
+    def __init__(self, device_id: _Optional[str] = ..., records: _Optional[_Iterable[_Union[TelemetryRecord, _Mapping]]] = ..., stream: _Optional[str] = ...) -> None: ...
+
+class ReportTelemetryResponse(_message.Message):
+    __slots__ = ("acked", "rejected", "rejected_reasons")
+    ACKED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_REASONS_FIELD_NUMBER: _ClassVar[int]
+    acked: _containers.RepeatedScalarFieldContainer[int]
+    rejected: _containers.RepeatedScalarFieldContainer[int]
+    rejected_reasons: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, acked: _Optional[_Iterable[int]] = ..., rejected: _Optional[_Iterable[int]] = ..., rejected_reasons: _Optional[_Iterable[str]] = ...) -> None: ...

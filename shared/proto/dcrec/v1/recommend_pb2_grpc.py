@@ -45,6 +45,11 @@ class RecommenderStub:
                 request_serializer=dcrec_dot_v1_dot_recommend__pb2.GetDeviceModelRequest.SerializeToString,
                 response_deserializer=dcrec_dot_v1_dot_recommend__pb2.GetDeviceModelResponse.FromString,
                 _registered_method=True)
+        self.ReportTelemetry = channel.unary_unary(
+                '/dcrec.v1.Recommender/ReportTelemetry',
+                request_serializer=dcrec_dot_v1_dot_recommend__pb2.ReportTelemetryRequest.SerializeToString,
+                response_deserializer=dcrec_dot_v1_dot_recommend__pb2.ReportTelemetryResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer:
@@ -62,6 +67,13 @@ class RecommenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportTelemetry(self, request, context):
+        """The device uploads its telemetry outbox (request log records and the like).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +86,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.GetDeviceModel,
                     request_deserializer=dcrec_dot_v1_dot_recommend__pb2.GetDeviceModelRequest.FromString,
                     response_serializer=dcrec_dot_v1_dot_recommend__pb2.GetDeviceModelResponse.SerializeToString,
+            ),
+            'ReportTelemetry': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportTelemetry,
+                    request_deserializer=dcrec_dot_v1_dot_recommend__pb2.ReportTelemetryRequest.FromString,
+                    response_serializer=dcrec_dot_v1_dot_recommend__pb2.ReportTelemetryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -130,6 +147,33 @@ class Recommender:
             '/dcrec.v1.Recommender/GetDeviceModel',
             dcrec_dot_v1_dot_recommend__pb2.GetDeviceModelRequest.SerializeToString,
             dcrec_dot_v1_dot_recommend__pb2.GetDeviceModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportTelemetry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dcrec.v1.Recommender/ReportTelemetry',
+            dcrec_dot_v1_dot_recommend__pb2.ReportTelemetryRequest.SerializeToString,
+            dcrec_dot_v1_dot_recommend__pb2.ReportTelemetryResponse.FromString,
             options,
             channel_credentials,
             insecure,
