@@ -84,6 +84,9 @@ class FleetConfig:
     verify: bool = True  # count each store's events at the end (lost events must be 0)
     store_dir: Path | None = None  # device SQLite files; None = workdir/devices
     cleanup_stores: bool = False  # delete them after the run (stores on tmpfs hold RAM)
+    # At the end of the run every device uploads its telemetry outbox (ReportTelemetry), as an
+    # app does when idle: what the cloud learns from devices, failed requests included.
+    upload_telemetry: bool = False
 
     def validate(self) -> None:
         self.runtime.validate()
@@ -117,6 +120,8 @@ class FleetResult:
     faults: tuple[Fault, ...] = ()
     cpu_s: float = 0.0  # CPU seconds this process (all its threads) used during the event loop
     cloud_cpu_s: float | None = None  # ... and the cloud server process, when the run started it
+    telemetry_sent: int | None = None  # outbox records the cloud acknowledged (upload_telemetry)
+    telemetry_pending: int | None = None  # ... and records left in the outboxes
 
     def summary(self) -> dict[str, float]:
         s = summarize(self.series)
@@ -134,6 +139,9 @@ class FleetResult:
             s["sim_cpu_ms_per_event"] = 1e3 * self.cpu_s / s["events"]
             if self.cloud_cpu_s is not None:
                 s["cloud_cpu_ms_per_event"] = 1e3 * self.cloud_cpu_s / s["events"]
+        if self.telemetry_sent is not None:
+            s["telemetry_sent"] = float(self.telemetry_sent)
+            s["telemetry_pending"] = float(self.telemetry_pending or 0)
         if self.proxy is not None:
             s["wire_bytes_up"] = float(self.proxy.bytes_up)
             s["wire_bytes_down"] = float(self.proxy.bytes_down)
@@ -366,6 +374,9 @@ class Fleet:
             wall = time.perf_counter() - start
             cpu = time.process_time() - cpu0
             _, rss_peak = rss_mb()
+            sent = pending = None
+            if cfg.upload_telemetry and not errors:
+                sent, pending = self._upload_telemetry(devices.values())
             for dev in devices.values():
                 self._close(dev)
             self._template.unlink(missing_ok=True)
@@ -379,7 +390,27 @@ class Fleet:
         deferred = sum(d.policy.deferred for d in devices.values() if isinstance(d.policy, RecoverySpread))
         return FleetResult(cfg.policy, self.series, len(devices), wall, setup_s, lost, deferred,
                            self._evictions, rss_start, rss_peak,
-                           replace(proxy.stats) if proxy else None, cfg.faults, cpu)
+                           replace(proxy.stats) if proxy else None, cfg.faults, cpu,
+                           telemetry_sent=sent, telemetry_pending=pending)
+
+    def _upload_telemetry(self, devices: Iterable[SimDevice]) -> tuple[int, int]:
+        """Each device flushes its outbox once, after its last event; (sent, pending).
+
+        A device still backing off from failed calls waits that out first (on its own
+        clock), as an app uploading at its next idle moment would.
+        """
+        sent = pending = 0
+        for dev in devices:
+            if dev.runtime is None and not dev.path.exists():
+                continue
+            dev.clock.now = max(dev.clock.now, dev.client.inner.backoff.until)
+            rt = self._runtime(dev)
+            result = rt.upload_telemetry(max_batches=100)
+            if result.error:
+                log.warning("%s: telemetry upload stopped: %s", dev.spec.device_id, result.error)
+            sent += result.sent
+            pending += result.pending
+        return sent, pending
 
     def series_events(self) -> int:
         return sum(b.events for b in list(self.series.bins.values()))

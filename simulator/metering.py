@@ -126,5 +126,11 @@ class MeteredClient:
     def get_device_model(self, device_id: str, current_version: str = "") -> DeviceModel | None:
         return self.inner.get_device_model(device_id, current_version)
 
+    def report_telemetry(self, device_id: str, stream: str,
+                         records: list[tuple[int, str, str, float]]
+                         ) -> tuple[list[int], list[tuple[int, str]]]:
+        """Telemetry uploads pass straight through: they are not candidate requests."""
+        return self.inner.report_telemetry(device_id, stream, records)
+
     def close(self) -> None:
         """The channel is the fleet's; nothing of the device's to close."""

@@ -125,7 +125,7 @@ def _fmt(v: float) -> str:
 SUMMARY_COLUMNS = ["HR@{k}", "NDCG@{k}", "request_ratio", "events", "requests", "failed_requests",
                    "cloud_qps_peak", "latency_p50_ms", "latency_p99_ms", "bytes_up", "bytes_down",
                    "list_age_mean_s", "events_per_s", "sim_cpu_ms_per_event", "cloud_cpu_ms_per_event",
-                   "memory_per_device_kib", "lost_events"]
+                   "memory_per_device_kib", "lost_events", "telemetry_sent"]
 
 
 def summary_table(results: Sequence[FleetResult], k: int = 10, markdown: bool = True) -> str:

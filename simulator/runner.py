@@ -137,7 +137,8 @@ def fleet_config(sc: Scenario, policy: str, workdir: Path, shard: int = 0, shard
         threshold=sc.threshold, runtime=sc.runtime, k=f.k, deadline_s=f.deadline_s, seed=sc.seed,
         clock=f.clock, speed=f.speed, concurrency=f.concurrency, channels=f.channels,
         max_open=f.max_open, bin_s=f.bin_s, recovery_spread=f.recovery_spread,
-        network=sc.network, faults=sc.faults, shard=shard, shards=shards)
+        network=sc.network, faults=sc.faults, shard=shard, shards=shards,
+        upload_telemetry=f.upload_telemetry)
 
 
 def fetch_reranker(address: str, model_dir: Path) -> Reranker | None:
@@ -184,6 +185,8 @@ def evaluate_checks(sc: Scenario, r: FleetResult) -> dict[str, dict[str, object]
     check("lost events", s["lost_events"], c.max_lost_events)
     check("events with nothing on screen", s["shown_empty"], c.max_shown_empty)
     check("events per second", s["events_per_s"], c.min_events_per_s, at_most=False)
+    if "telemetry_pending" in s:
+        check("telemetry records left in outboxes", s["telemetry_pending"], c.max_telemetry_pending)
     if c.max_recovery_ratio is not None:
         for f in sc.faults:
             steady, peak = recovery_peak(r.series, f.at_s, f.at_s + f.duration_s, sc.workload.warmup_s)

@@ -81,6 +81,7 @@ class FleetSpec:
     deadline_s: float = 2.0  # per call, wall-clock
     store_dir: str = ""  # device SQLite files: "" = OUT/<policy>/devices, "tmpfs" = /dev/shm (deleted after)
     k: int = 10
+    upload_telemetry: bool = False  # every device uploads its telemetry outbox at the end
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class Checks:
     max_shown_empty: int | None = None  # events with nothing on screen (after devices came online)
     max_recovery_ratio: float | None = None  # peak request rate after a fault / steady rate before it
     min_events_per_s: float | None = None
+    max_telemetry_pending: int | None = None  # with fleet.upload_telemetry: records not delivered
 
 
 @dataclass(frozen=True)

@@ -51,9 +51,10 @@ OUTAGE = {
     "name": "outage-test", "seed": 3, "policies": ["disagreement"],
     "workload": {"kind": "closed_loop", "devices": 200, "duration_s": 130.0, "warmup_s": 20.0},
     "users": {"event_gap_s": 4.0, "session_gap_s": 30.0},
-    "fleet": {"bin_s": 10.0, "deadline_s": 1.0},
+    "fleet": {"bin_s": 10.0, "deadline_s": 1.0, "upload_telemetry": True},
     "faults": [{"kind": "cloud_down", "at_s": 50.0, "duration_s": 30.0}],
-    "checks": {"max_lost_events": 0, "max_shown_empty": 0, "max_recovery_ratio": 2.0},
+    "checks": {"max_lost_events": 0, "max_shown_empty": 0, "max_recovery_ratio": 2.0,
+               "max_telemetry_pending": 0},
 }
 
 
@@ -74,6 +75,11 @@ def test_cloud_outage_loses_nothing_and_recovers_without_a_herd(
     after = [rows[t] for t in (90, 100, 110)]
     assert sum(int(x["requests"]) - int(x["failed"]) for x in after) > 0  # lists flow again
     assert r.lost_events == 0 and r.deferred > 0  # recovery spreading held requests back
+    # Every attempt each device logged, the failed ones of the outage included, reached the
+    # cloud once the devices uploaded their outboxes at the end.
+    s = r.summary()
+    assert s["failed_requests"] > 0
+    assert r.telemetry_sent == s["requests"] + s["bootstrap_requests"] and r.telemetry_pending == 0
 
 
 def test_lossy_network_through_the_proxy(tmp_path: Path, cloud: CloudProcess) -> None:
