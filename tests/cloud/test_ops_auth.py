@@ -81,6 +81,11 @@ def call(cs: CloudServer, token: str | None, device_id: str = "", method: str = 
         req = pb.GetCandidatesRequest(device_id=device_id, count=10, history=[
             pb.Event(item_id=i, timestamp=float(i)) for i in (3, 4, 5)])
         return stub.GetCandidates(req, timeout=5, metadata=md)
+    if method == "ReportTelemetry":
+        rec = pb.TelemetryRecord(sequence=1, kind="request", payload_json='{"reason": "expired"}',
+                                 created_at=1.0)
+        return stub.ReportTelemetry(pb.ReportTelemetryRequest(device_id=device_id, stream="s",
+                                                              records=[rec]), timeout=5, metadata=md)
     return stub.GetDeviceModel(pb.GetDeviceModelRequest(device_id=device_id), timeout=10, metadata=md)
 
 
@@ -101,6 +106,8 @@ def test_auth_matrix(secured) -> None:  # type: ignore[no-untyped-def]
         (good, "dev-b", "GetDeviceModel", grpc.StatusCode.PERMISSION_DENIED),
         (None, "dev-a", "GetDeviceModel", grpc.StatusCode.UNAUTHENTICATED),
         (operator, "alice", "GetCandidates", grpc.StatusCode.PERMISSION_DENIED),
+        (None, "dev-a", "ReportTelemetry", grpc.StatusCode.UNAUTHENTICATED),
+        (good, "dev-b", "ReportTelemetry", grpc.StatusCode.PERMISSION_DENIED),
     ]
     for token, device, method, code in cases:
         with pytest.raises(grpc.RpcError) as e:
@@ -113,6 +120,9 @@ def test_auth_matrix(secured) -> None:  # type: ignore[no-untyped-def]
     assert call(cs, good, "", "GetDeviceModel").updated  # type: ignore[attr-defined]
     assert cs.servicer.events.devices() == ["dev-a"]
     assert [i for i, _ in cs.servicer.events.history("dev-a")] == [3, 4, 5]
+    assert cs.servicer.sink.accepted == 0  # no refused upload was taken
+    assert list(call(cs, good, "", "ReportTelemetry").acked) == [1]  # type: ignore[attr-defined]
+    assert cs.servicer.sink.accepted == 1
     metrics = cs.telemetry.render()
     assert 'code="UNAUTHENTICATED"' in metrics and 'code="PERMISSION_DENIED"' in metrics
 
