@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ from typing import Any
 
 from device.client import CloudClient, CloudRejected, CloudUnavailable
 from device.reranker import ModelLoadError, OnnxReranker
+from device.store import InstalledModel
 from shared.contract import DeviceModel
 
 log = logging.getLogger(__name__)
@@ -250,7 +252,18 @@ class ModelUpdater:
             return False
         self.runtime.reranker = new
         log.info("now reranking with model %s", new.version)
+        self._record(new)
         return True
+
+    def _record(self, new: OnnxReranker) -> None:
+        """Note the install in the runtime's store (its ``models`` table), when it has one."""
+        store = getattr(self.runtime, "store", None)
+        pointer = _read_pointer(self.model_dir)
+        if store is None or not hasattr(store, "record_model") or not pointer \
+                or pointer.get("version") != new.version:
+            return
+        store.record_model(InstalledModel(new.version, str(self.model_dir / str(pointer["file"])),
+                                          str(pointer["sha256"]), int(pointer["max_len"]), time.time()))
 
     def poll(self) -> bool:
         return self.check() and self.apply()

@@ -77,6 +77,9 @@ def test_bad_releases_are_refused_and_the_device_keeps_serving(world) -> None:  
     served.model = release(signer, "m2", onnx, 2, config)
     assert updater.poll() and rt.reranker.version == "m2"
     assert installed_sequence(tmp / "model") == 2
+    active = rt.store.active_model()  # the store keeps the install history, the newest active
+    assert active is not None and active.version == "m2" and Path(active.path).is_file()
+    assert active.sha256 == hashlib.sha256(Path(active.path).read_bytes()).hexdigest()
 
     stranger = Signer.generate()
     genuine3 = release(signer, "m3", onnx, 3, config)
@@ -116,6 +119,7 @@ def test_bad_releases_are_refused_and_the_device_keeps_serving(world) -> None:  
     served.model = genuine3  # a good release still gets through, swapped between events
     assert updater.check() and rt.reranker.version == "m2"
     assert updater.apply() and rt.reranker.version == "m3"
+    assert rt.store.active_model().version == "m3"  # type: ignore[union-attr]
     assert sorted(p.name for p in (tmp / "model").iterdir()) == [
         "INSTALLED.json", f"model-3-{genuine3.sha256[:12]}.onnx"]
 
