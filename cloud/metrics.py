@@ -188,12 +188,18 @@ class Telemetry:
         return "\n".join(lines) + "\n"
 
     def series(self, seconds: int = SERIES_SECONDS) -> dict[str, object]:
-        """Per-second series for the fleet page: times, request rate, errors, latency p50/p95 (ms)."""
+        """Per-second series for the fleet page: times, request rate, errors, latency p50/p95 (ms);
+        totals since start by request reason, and of the requests devices reported (ok / failed)."""
         now = int(self.clock())
         with self._lock:
             by_t = {t: s for t, s in self._series if t > now - seconds}
             counters = {r: int(v) for k, v in self._counters["dcrec_candidate_requests_total"].items()
                         for r in [dict(k)["reason"]]}
+            device = {"ok": 0, "failed": 0}  # requests as devices logged them (ReportTelemetry)
+            for k, v in self._counters.get("dcrec_device_requests_total", {}).items():
+                outcome = dict(k).get("outcome", "")
+                if outcome in device:
+                    device[outcome] += int(v)
         times = list(range(now - seconds + 1, now + 1))
         p50, p95 = [], []
         for t in times:
@@ -207,6 +213,7 @@ class Telemetry:
             "latency_p50_ms": p50,
             "latency_p95_ms": p95,
             "reasons_total": counters,
+            "device_requests_total": device,
         }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -50,13 +51,19 @@ def test_fleet_page_shows_live_traffic(tmp_path: Path, cloud_model_dir: Path,
             client.get_candidates(CandidatesRequest("", np.array([3, 4]), np.array([1.0, 2.0]),
                                                     10, reason))
             client.close()
+        phone = CloudClient(f"127.0.0.1:{cs.port}", deadline_s=5, token=auth.issue("dev-0", 60))
+        records = [(i, "request", json.dumps({"reason": "expired", "ok": i != 2, "latency_ms": 9.0}), 1.0)
+                   for i in (1, 2, 3, 4)]  # one failed the server never saw, e.g. a timeout
+        assert phone.report_telemetry("", "s1", records)[0] == [1, 2, 3, 4]
+        phone.close()
         operator = auth.issue("alice", 600, "operator")
         base = f"http://127.0.0.1:{http.port}/dashboard"
         dom = chromium(tmp_path, f"{base}#token={operator}", "--dump-dom")
         assert 'data-loaded="1"' in dom, dom[:2000]  # the page's own script ran to the end
-        assert re.search(r'id="total-requests"[^>]*>7<', dom)
+        assert re.search(r'id="total-requests"[^>]*>8<', dom)  # 7 GetCandidates + 1 upload: RPCs
         assert re.search(r'id="devices"[^>]*>3<', dom)
         assert re.search(r'id="error-rate"[^>]*>0.0 %<', dom)
+        assert re.search(r'id="device-failed"[^>]*>25.0 % of 4<', dom)
         counts = dict(re.findall(r'data-reason="(\w+)" data-count="(\d+)"', dom))
         assert counts == {"cold_start": "4", "disagreement": "2", "expired": "1"}
         assert re.search(r'<polyline points="[\d., ]+" class="line rate"', dom)

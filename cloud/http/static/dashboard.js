@@ -130,6 +130,10 @@ async function refresh() {
     setText("total-requests", String(total));
     setText("rate-now", (sum(s.requests.slice(-10)) / 10).toFixed(1));
     setText("error-rate", total ? (100 * errors / total).toFixed(1) + " %" : "0 %");
+    // Failures the server never saw (timeouts, dropped connections) only show in what devices report.
+    const dev = s.device_requests_total || { ok: 0, failed: 0 };
+    const reported = dev.ok + dev.failed;
+    setText("device-failed", reported ? (100 * dev.failed / reported).toFixed(1) + " % of " + reported : "no reports");
     setText("devices", String(fleet.devices));
     setText("cloud-model", fleet.models.cloud || "none");
     setText("device-model", fleet.models.device || "none");
