@@ -63,7 +63,8 @@ def test_fleet_page_shows_live_traffic(tmp_path: Path, cloud_model_dir: Path,
         assert re.search(r'id="total-requests"[^>]*>8<', dom)  # 7 GetCandidates + 1 upload: RPCs
         assert re.search(r'id="devices"[^>]*>3<', dom)
         assert re.search(r'id="error-rate"[^>]*>0.0 %<', dom)
-        assert re.search(r'id="device-failed"[^>]*>25.0 % of 4<', dom)
+        assert re.search(r'id="device-failed"[^>]*>25.0 %<', dom)
+        assert re.search(r'id="device-reports"[^>]*>of 4 reported<', dom)
         counts = dict(re.findall(r'data-reason="(\w+)" data-count="(\d+)"', dom))
         assert counts == {"cold_start": "4", "disagreement": "2", "expired": "1"}
         assert re.search(r'<polyline points="[\d., ]+" class="line rate"', dom)

@@ -133,7 +133,8 @@ async function refresh() {
     // Failures the server never saw (timeouts, dropped connections) only show in what devices report.
     const dev = s.device_requests_total || { ok: 0, failed: 0 };
     const reported = dev.ok + dev.failed;
-    setText("device-failed", reported ? (100 * dev.failed / reported).toFixed(1) + " % of " + reported : "no reports");
+    setText("device-failed", reported ? (100 * dev.failed / reported).toFixed(1) + " %" : "–");
+    setText("device-reports", reported ? "of " + reported + " reported" : "no reports yet");
     setText("devices", String(fleet.devices));
     setText("cloud-model", fleet.models.cloud || "none");
     setText("device-model", fleet.models.device || "none");
