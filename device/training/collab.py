@@ -252,6 +252,9 @@ def train_reranker(arch: str, train_sequences: Sequence[np.ndarray],
         raise ValueError("collab training needs the cloud's candidate generator")
     if config.distill_weight > 0 and cloud_generator is None:
         raise ValueError("distillation needs the cloud's candidate generator")
+    if config.distill_weight > 0 and (config.folds <= 1 or fit_generator is None):
+        log.warning("distilling from a cloud fitted on these very sequences: its soft labels hold "
+                    "the answers; use folds > 1 with a fit_generator (out-of-fold lists)")
     max_len = int(model.cfg.max_len)
     seqs = [np.asarray(s, dtype=np.int64) for s in train_sequences]
 
