@@ -154,6 +154,11 @@ class DeviceRuntime:
         self.policy = policy or NeverPolicy()
         self.config = config or RuntimeConfig()
         self.config.validate()
+        cache = getattr(store, "history_cache", None)
+        if cache is not None and self.config.history_window > cache:
+            raise ValueError(f"history_window {self.config.history_window} is longer than the store's "
+                             f"history_cache {cache}: open the store with history_cache >= "
+                             f"{self.config.history_window}")
         self.clock = clock
         self.cached: CachedList | None = store.load_list()
         self.requests = 0
@@ -177,8 +182,13 @@ class DeviceRuntime:
     def open(cls, path: str | Path, reranker: Reranker | None, client: CloudClient | None,
              policy: RequestPolicy | None = None, config: RuntimeConfig | None = None,
              device_id: str | None = None, clock: Callable[[], float] = time.time) -> DeviceRuntime:
-        store = DeviceStore(path)
-        return cls(device_id or Path(path).stem, store, reranker, client, policy, config, clock)
+        window = (config or RuntimeConfig()).history_window
+        store = DeviceStore(path, history_cache=max(200, window))
+        try:
+            return cls(device_id or Path(path).stem, store, reranker, client, policy, config, clock)
+        except BaseException:
+            store.close()
+            raise
 
     @property
     def alpha(self) -> float:

@@ -130,6 +130,7 @@ class DeviceStore:
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path}: cannot open device store: {e}") from e
         self.conn = conn
+        self.history_cache = history_cache  # the longest history recent() can return
         self._tail = _Tail(history_cache, np.int64)
         self._tail_ts = _Tail(history_cache, np.float64)
         rows = conn.execute(

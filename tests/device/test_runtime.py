@@ -178,3 +178,16 @@ def test_regret_reads_candidate_scores_from_the_catalogue_pass(tmp_path: Path, c
     # The order shown is the one the candidates' own scores give.
     want = np.array(rr.score(rt.store.recent(50), rt._last.items))  # type: ignore[union-attr]
     assert np.array_equal(rt._last.device, want)  # type: ignore[union-attr]
+
+
+def test_a_history_window_longer_than_the_store_keeps_is_refused(tmp_path: Path) -> None:
+    store = DeviceStore(tmp_path / "a.sqlite", history_cache=30)
+    with pytest.raises(ValueError, match="history_window 50 is longer than the store's history_cache 30"):
+        DeviceRuntime("a", store, None, None, config=RuntimeConfig(history_window=50))
+    store.close()
+    # open() sizes the store for the window it is asked to use.
+    rt = DeviceRuntime.open(tmp_path / "b.sqlite", None, None, config=RuntimeConfig(history_window=300))
+    for n in range(320):
+        rt.store.append(n + 1, float(n))
+    assert rt.store.recent(300).size == 300
+    rt.close()
