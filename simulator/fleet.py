@@ -212,7 +212,7 @@ class Fleet:
         fresh = not dev.path.exists()
         if fresh:  # a copy of an empty store: the schema is made once per fleet, not per device
             shutil.copyfile(self._template, dev.path)
-        store = DeviceStore(dev.path)
+        store = DeviceStore(dev.path, history_cache=max(200, self.config.runtime.history_window))
         store.conn.execute(f"PRAGMA cache_size=-{self.config.sqlite_cache_kib}")
         if fresh and dev.spec.history.size:
             store.append_many(dev.spec.history, dev.spec.history_times)
