@@ -204,11 +204,14 @@ class Fleet:
 
     def _runtime(self, dev: SimDevice) -> DeviceRuntime:
         """The device's runtime, (re)opening its store if it was closed."""
-        rt = dev.runtime
-        if rt is not None:
-            with self._lock:
+        with self._lock:
+            # Checked under the lock: another worker may be evicting this device right now
+            # (chosen while it was idle, just before this event made it busy); once the lock
+            # is ours that eviction is complete and the store is reopened below.
+            rt = dev.runtime
+            if rt is not None:
                 self._open.move_to_end(dev.spec.index)
-            return rt
+                return rt
         fresh = not dev.path.exists()
         if fresh:  # a copy of an empty store: the schema is made once per fleet, not per device
             shutil.copyfile(self._template, dev.path)
