@@ -33,16 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cloud.metrics import LATENCY_BUCKETS_S, Telemetry
+from cloud.service import InvalidRequest
 
 KIND = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-
-
-class TelemetryRefused(ValueError):
-    """The call as a whole is out of range (``field`` names what); no record was taken."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
 
 
 @dataclass(frozen=True)
@@ -84,11 +77,15 @@ class TelemetrySink:
 
     def accept(self, device_id: str, records: list[TelemetryItem], stream: str = ""
                ) -> tuple[list[int], list[tuple[int, str]]]:
-        """Take ``records`` of ``stream`` from ``device_id``: (acked sequences, [(rejected, reason)])."""
+        """Take ``records`` of ``stream`` from ``device_id``: (acked sequences, [(rejected, reason)]).
+
+        Raises :class:`~cloud.service.InvalidRequest` (nothing taken) when the call as a
+        whole is out of range.
+        """
         if len(stream) > 64:
-            raise TelemetryRefused("stream", "longer than 64 characters")
+            raise InvalidRequest("stream", "longer than 64 characters")
         if len(records) > self.config.max_records:
-            raise TelemetryRefused("records", f"at most {self.config.max_records} per call, "
+            raise InvalidRequest("records", f"at most {self.config.max_records} per call, "
                                               f"got {len(records)}")
         acked: list[int] = []
         rejected: list[tuple[int, str]] = []
@@ -104,12 +101,11 @@ class TelemetrySink:
                     acked.append(r.sequence)
                     self.duplicates += 1
                     continue
-                problem = self._problem(r)
-                if problem:
+                payload, problem = self._parse(r)
+                if payload is None:
                     rejected.append((r.sequence, problem))
                     self.rejected += 1
                     continue
-                payload = json.loads(r.payload_json)
                 self._count(r.kind, payload)
                 lines.append(json.dumps({"device_id": device_id, "stream": stream,
                                          "sequence": r.sequence, "kind": r.kind,
@@ -126,22 +122,23 @@ class TelemetrySink:
                 os.write(self._log, ("\n".join(lines) + "\n").encode())
         return acked, rejected
 
-    def _problem(self, r: TelemetryItem) -> str:
+    def _parse(self, r: TelemetryItem) -> tuple[dict[str, object] | None, str]:
+        """(payload, "") for a sound record, (None, why) for one refused for good."""
         if r.sequence < 1:
-            return f"sequence must be >= 1, got {r.sequence}"
+            return None, f"sequence must be >= 1, got {r.sequence}"
         if not KIND.match(r.kind):
-            return f"kind {r.kind[:40]!r} is not a lower-case name of at most 32 characters"
+            return None, f"kind {r.kind[:40]!r} is not a lower-case name of at most 32 characters"
         if len(r.payload_json) > self.config.max_payload_chars:
-            return f"payload longer than {self.config.max_payload_chars} characters"
+            return None, f"payload longer than {self.config.max_payload_chars} characters"
         if not math.isfinite(r.created_at):
-            return "created_at must be finite"
+            return None, "created_at must be finite"
         try:
             payload = json.loads(r.payload_json)
         except ValueError as e:
-            return f"payload is not JSON ({e.msg})"
+            return None, f"payload is not JSON ({e.msg})"
         if not isinstance(payload, dict):
-            return "payload must be a JSON object"
-        return ""
+            return None, "payload must be a JSON object"
+        return payload, ""
 
     def _count(self, kind: str, payload: dict[str, object]) -> None:
         t = self.telemetry

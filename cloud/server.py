@@ -56,7 +56,7 @@ from cloud.batching import (
     DynamicBatcher,
     QueueFull,
 )
-from cloud.device_telemetry import TelemetryConfig, TelemetryItem, TelemetryRefused, TelemetrySink
+from cloud.device_telemetry import TelemetryConfig, TelemetryItem, TelemetrySink
 from cloud.events import DeviceEventLog
 from cloud.interceptors import ErrorInterceptor, LimiterInterceptor, TelemetryInterceptor
 from cloud.metrics import Telemetry
@@ -200,16 +200,12 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     def ReportTelemetry(self, request: pb.ReportTelemetryRequest, context: grpc.ServicerContext
                         ) -> pb.ReportTelemetryResponse:
         device_id = self._device_id(request.device_id, context)
-        if not device_id:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "device_id: must not be empty")
-        if len(device_id) > self.service.config.max_device_id:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"device_id: longer than {self.service.config.max_device_id} characters")
         records = [TelemetryItem(int(r.sequence), r.kind, r.payload_json, float(r.created_at))
                    for r in request.records]
         try:
+            self.service.check_device_id(device_id)
             acked, rejected = self.sink.accept(device_id, records, request.stream)
-        except TelemetryRefused as e:
+        except InvalidRequest as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         return pb.ReportTelemetryResponse(acked=acked, rejected=[s for s, _ in rejected],
                                           rejected_reasons=[why for _, why in rejected])

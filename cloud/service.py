@@ -56,10 +56,7 @@ class CandidateService:
         """Raise :class:`InvalidRequest` naming the first out-of-range field."""
         cfg = self.config
         n_items = (generator or self.generator).n_items
-        if not req.device_id:
-            raise InvalidRequest("device_id", "must not be empty")
-        if len(req.device_id) > cfg.max_device_id:
-            raise InvalidRequest("device_id", f"longer than {cfg.max_device_id} characters")
+        self.check_device_id(req.device_id)
         if not 1 <= req.count <= cfg.max_count:
             raise InvalidRequest("count", f"must be in 1..{cfg.max_count}, got {req.count}")
         n = req.history.size
@@ -72,6 +69,13 @@ class CandidateService:
             raise InvalidRequest("history.timestamp", "must be finite")
         if len(req.current_list_id) > cfg.max_list_id:
             raise InvalidRequest("current_list_id", f"longer than {cfg.max_list_id} characters")
+
+    def check_device_id(self, device_id: str) -> None:
+        """Raise :class:`InvalidRequest` for an empty or overlong device id (every RPC's check)."""
+        if not device_id:
+            raise InvalidRequest("device_id", "must not be empty")
+        if len(device_id) > self.config.max_device_id:
+            raise InvalidRequest("device_id", f"longer than {self.config.max_device_id} characters")
 
     @staticmethod
     def check_items(req: CandidatesRequest, n_items: int) -> None:

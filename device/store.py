@@ -36,6 +36,8 @@ from device.migrations import SchemaTooNew, migrate
 
 log = logging.getLogger(__name__)
 
+HISTORY_CACHE = 200  # newest events a store keeps in memory by default
+
 Durability = Literal["NORMAL", "FULL"]
 
 
@@ -110,7 +112,7 @@ class _Tail:
 
 class DeviceStore:
     def __init__(self, path: str | Path, durability: Durability = "NORMAL",
-                 history_cache: int = 200, limits: StoreLimits | None = None) -> None:
+                 history_cache: int = HISTORY_CACHE, limits: StoreLimits | None = None) -> None:
         if durability not in ("NORMAL", "FULL"):
             raise ValueError(f"durability must be NORMAL or FULL, got {durability!r}")
         self.limits = limits or StoreLimits()
@@ -268,8 +270,7 @@ class DeviceStore:
 
     def outbox(self, limit: int = 100) -> list[tuple[int, str, dict[str, object]]]:
         """The oldest ``limit`` queued records as (id, kind, payload); they stay until :meth:`ack`."""
-        rows = self.conn.execute("SELECT id, kind, payload FROM outbox ORDER BY id LIMIT ?", (limit,))
-        return [(int(i), str(k), json.loads(p)) for i, k, p in rows]
+        return [(i, k, json.loads(p)) for i, k, p, _ in self.pending(limit)]
 
     def pending(self, limit: int = 100) -> list[tuple[int, str, str, float]]:
         """The oldest ``limit`` queued records as stored: (id, kind, payload JSON, created_at)."""

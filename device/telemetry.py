@@ -62,14 +62,15 @@ class TelemetryUploader:
                 if isinstance(e, CloudRejected):
                     log.warning("cloud refused a telemetry upload: %s", e)
                 break
-            sent = {int(r[0]) for r in records}
-            done = [i for i in acked if i in sent] + [i for i, _ in rejected if i in sent]
+            sent = {int(r[0]) for r in records}  # only ids of this batch are deleted
+            ok = [i for i in acked if i in sent]
+            refused = [i for i, _ in rejected if i in sent]
             for i, why in rejected:
                 log.warning("cloud refused telemetry record %d for good: %s", i, why)
-            self.store.ack(done)
-            out.sent += len([i for i in acked if i in sent])
-            out.rejected += len([i for i, _ in rejected if i in sent])
-            if not done:  # the cloud took nothing from this batch: do not spin on it
+            self.store.ack(ok + refused)
+            out.sent += len(ok)
+            out.rejected += len(refused)
+            if not ok and not refused:  # the cloud took nothing from this batch: do not spin on it
                 out.error = "the cloud acknowledged none of the batch"
                 break
         out.pending = self.store.pending_count()

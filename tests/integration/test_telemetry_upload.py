@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from cloud.backends import load_generator
-from cloud.device_telemetry import TelemetryConfig, TelemetryItem, TelemetryRefused, TelemetrySink
+from cloud.device_telemetry import TelemetryConfig, TelemetryItem, TelemetrySink
 from cloud.metrics import Telemetry
 from cloud.server import CloudServer, ServerConfig, build_server
-from cloud.service import CandidateService, ServiceConfig
+from cloud.service import CandidateService, InvalidRequest, ServiceConfig
 from device.client import Backoff, CloudClient
 from device.policy import NeverPolicy
 from device.runtime import DeviceRuntime
@@ -60,7 +60,7 @@ def test_the_sink_counts_each_record_once_and_refuses_bad_ones(tmp_path: Path) -
     reasons = dict(rejected)
     assert "not JSON" in reasons[10] and "JSON object" in reasons[11] and "kind" in reasons[12]
     assert "longer than 4096" in reasons[13] and "finite" in reasons[14]
-    with pytest.raises(TelemetryRefused, match="records: at most 6"):
+    with pytest.raises(InvalidRequest, match="records: at most 6"):
         sink.accept("d1", [_request_record(i) for i in range(20, 27)], "s")
     sink.close()
     lines = [json.loads(x) for x in (tmp_path / "t.jsonl").read_text().splitlines()]
