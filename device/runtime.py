@@ -39,7 +39,7 @@ from device.client import CloudClient, CloudRejected, CloudUnavailable
 from device.fusion import AlphaLearner, Scale, blend, descending_order, normalise
 from device.policy import NeverPolicy, PolicyInput, RequestFeedback, RequestPolicy
 from device.reranker import Reranker
-from device.store import CachedList, DeviceStore
+from device.store import HISTORY_CACHE, CachedList, DeviceStore
 from device.telemetry import FlushResult, TelemetryUploader
 from shared.agreement import (
     CATALOGUE_MEASURES,
@@ -183,7 +183,7 @@ class DeviceRuntime:
              policy: RequestPolicy | None = None, config: RuntimeConfig | None = None,
              device_id: str | None = None, clock: Callable[[], float] = time.time) -> DeviceRuntime:
         window = (config or RuntimeConfig()).history_window
-        store = DeviceStore(path, history_cache=max(200, window))
+        store = DeviceStore(path, history_cache=max(HISTORY_CACHE, window))
         try:
             return cls(device_id or Path(path).stem, store, reranker, client, policy, config, clock)
         except BaseException:

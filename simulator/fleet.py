@@ -48,7 +48,7 @@ from device.client import Backoff, CloudClient
 from device.policy import RequestPolicy, make_policy
 from device.reranker import Reranker
 from device.runtime import DeviceRuntime, RuntimeConfig
-from device.store import DeviceStore
+from device.store import HISTORY_CACHE, DeviceStore
 from shared.contract import Reason
 from simulator.clock import DeviceClock, FleetClock, rss_mb
 from simulator.faults import CloudControl, Fault
@@ -215,7 +215,7 @@ class Fleet:
         fresh = not dev.path.exists()
         if fresh:  # a copy of an empty store: the schema is made once per fleet, not per device
             shutil.copyfile(self._template, dev.path)
-        store = DeviceStore(dev.path, history_cache=max(200, self.config.runtime.history_window))
+        store = DeviceStore(dev.path, history_cache=max(HISTORY_CACHE, self.config.runtime.history_window))
         store.conn.execute(f"PRAGMA cache_size=-{self.config.sqlite_cache_kib}")
         if fresh and dev.spec.history.size:
             store.append_many(dev.spec.history, dev.spec.history_times)

@@ -164,8 +164,8 @@ def _coverage(histories: list[np.ndarray], items: np.ndarray, srm: Any, top: int
 
 
 def _catalogue_signal(histories: list[np.ndarray], lists: np.ndarray, srm: Any, k: int,
-            n_items: int, temperatures: tuple[float, ...], measure: str = "regret"
-            ) -> dict[float, np.ndarray]:
+                      n_items: int, temperatures: tuple[float, ...], measure: str = "regret"
+                      ) -> dict[float, np.ndarray]:
     """Per temperature, per user, from the device's softmax over the catalogue: ``regret``,
     the expected DCG@k the shown (fused) list ``lists`` loses against the device's own best
     list, or ``uncovered``, the probability mass outside the cloud's list ``lists``."""
@@ -365,7 +365,7 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
         v_lists, t_lists = ((v_orders, stale_orders) if cfg.measure == "regret"
                             else (v_cloud_stale, cloud_stale_items))
         by_t = _catalogue_signal(valid.histories, v_lists, srm, 10, ds.n_items, cfg.regret_temperatures,
-                       cfg.measure)
+                                 cfg.measure)
         # The temperature whose signal picks the users a refresh helps most, on validation.
         temp = max(cfg.regret_temperatures,
                    key=lambda t: _select_share(by_t[t], v_stale_r, v_fresh_r, (0.05, 0.2)))
