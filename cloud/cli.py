@@ -187,6 +187,18 @@ def cmd_cloud_publish_cloud(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cloud_neighbours(ns: argparse.Namespace) -> int:
+    from cloud import backends
+    from cloud.neighbours import build
+
+    index = build(backends.load_generator(ns.model_dir), ns.neighbours)
+    sha256 = index.save(ns.out)
+    size = Path(ns.out).stat().st_size
+    print(f"neighbour index of {index.cloud_version}: {index.n_items} items x {index.neighbours} "
+          f"neighbours, {size / 2**20:.1f} MiB, sha256 {sha256[:12]} -> {ns.out}")
+    return 0
+
+
 def _signer(ns: argparse.Namespace):  # type: ignore[no-untyped-def]
     if not getattr(ns, "signing_key", None):
         return None
@@ -346,6 +358,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--version")
     q.add_argument("--no-promote", action="store_true")
     q.set_defaults(fn=cmd_cloud_publish_cloud)
+    q = cloud.add_parser("neighbours",
+                         help="build the neighbour index devices use between requests (local lists)")
+    q.add_argument("--model-dir", required=True, help="a trained cloud model (any backend)")
+    q.add_argument("--out", required=True, help="the .npz file to write")
+    q.add_argument("--neighbours", type=int, default=50, help="items kept per item")
+    q.set_defaults(fn=cmd_cloud_neighbours)
     q = cloud.add_parser("models", help="list, promote or roll back registry models on disk")
     q.add_argument("action", choices=["list", "promote", "rollback"])
     q.add_argument("--kind", choices=["device", "cloud"], default="device")

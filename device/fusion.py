@@ -101,6 +101,28 @@ def fuse(cloud_scores: np.ndarray, device_scores: np.ndarray, alpha: float,
     return blend(normalise(cloud_scores, scale), normalise(device_scores, scale), alpha)
 
 
+def blend_lists(cached_items: np.ndarray, cached_scores: np.ndarray, local_items: np.ndarray,
+                local_scores: np.ndarray, weight: float) -> tuple[np.ndarray, np.ndarray]:
+    """One cloud-side list from the cached list and a local list: their union, each item
+    scored ``(1 - weight) * rank(cached) + weight * rank(local)`` on the rank scale ([0, 1],
+    1 = first; an item missing from a list gets 0 from it). Cached items keep their order
+    first in the result, the local list's new items follow."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weight must be in [0, 1], got {weight}")
+    cached_items = np.asarray(cached_items, dtype=np.int64)
+    local_items = np.asarray(local_items, dtype=np.int64)
+    rc = rank_scores(cached_scores) if cached_items.size else np.zeros(0, np.float32)
+    rl = rank_scores(local_scores) if local_items.size else np.zeros(0, np.float32)
+    new = ~np.isin(local_items, cached_items)
+    items = np.concatenate([cached_items, local_items[new]])
+    scores = np.concatenate([(1.0 - weight) * rc, np.zeros(int(new.sum()), np.float32)])
+    pos = {int(i): j for j, i in enumerate(items.tolist())}
+    idx = np.fromiter((pos[int(i)] for i in local_items.tolist()), dtype=np.int64, count=local_items.size)
+    if idx.size:
+        scores[idx] += weight * rl
+    return items, scores.astype(np.float32)
+
+
 def rank_of(fused: np.ndarray, chosen: int) -> np.ndarray:
     """0-based rank of item ``chosen`` under each row of ``fused`` (A, C); ties count against it."""
     return (fused >= fused[:, chosen : chosen + 1]).sum(axis=1) - 1

@@ -25,7 +25,7 @@ def cmd_quality(ns: argparse.Namespace) -> int:
                         device_objective=ns.device_objective, device_folds=ns.device_folds,
                         device_full_weight=ns.device_full_weight,
                         device_missing_target=ns.device_missing_target,
-                        device_candidates=ns.device_candidates,
+                        device_candidates=ns.device_candidates, neighbours=ns.neighbours,
                         device_distill_weight=ns.device_distill_weight,
                         device_distill_temperature=ns.device_distill_temperature,
                         device_folds_hold_out_valid=ns.device_folds_hold_out_valid,
@@ -92,6 +92,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--device-candidates", type=int, default=0, metavar="K",
                    help="add the device model's own top K unseen items to every cloud list "
                         "before fusion (the runtime's device_candidates)")
+    q.add_argument("--neighbours", type=int, default=0, metavar="K",
+                   help="the device blends stale lists with local lists from the cloud's "
+                        "neighbour index of K items per item (0: off)")
     q.add_argument("--reuse", action="store_true",
                    help="reuse models in --workdir trained with the same settings")
     q.add_argument("--jobs", type=int, default=1,

@@ -9,6 +9,10 @@ catalogue, an item missing from a list is a miss. Variants:
 * ``device-only``      the device model over the whole catalogue, fresh history;
 * ``fusion``           the device reranks the stale list (no requests);
 * ``always-fresh``     the device reranks a fresh list for every user (the upper bound);
+* ``neighbour-index``  with ``neighbours`` > 0: the local list the device builds from the
+                       cloud's neighbour index (:mod:`shared.neighbours`) and its fresh
+                       history, alone; ``fusion`` and the stale side of every request
+                       variant then rank the stale list blended with it, as the runtime does;
 * ``random@r``         fresh lists for a random share r of users, stale for the rest;
 * ``disagreement@r``   fresh lists for users whose device/cloud disagreement on
                        the stale list crosses a threshold, decided by the runtime's
@@ -39,7 +43,7 @@ import numpy as np
 
 from cloud import backends
 from device.budget import TokenBucket
-from device.fusion import fuse
+from device.fusion import blend_lists, fuse
 from device.policy import DisagreementPolicy, PolicyInput
 from shared.agreement import Measure, disagreement, expected_regret, softmax, uncovered_mass
 from shared.data import Dataset, load_dataset
@@ -90,6 +94,11 @@ class QualityConfig:
     # The device's own top-k unseen items (whole catalogue) added to every cloud list before
     # fusion, as the runtime's ``RuntimeConfig.device_candidates`` does; 0: the cloud's list only.
     device_candidates: int = 0
+    # Width of the cloud's neighbour index (shared.neighbours; 0: none). With it, a stale list
+    # is blended with the device's local list (``candidates`` long) before fusion, the local
+    # list's share of the cloud-side score chosen on the validation step among these weights.
+    neighbours: int = 0
+    neighbour_weights: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
     baselines: tuple[str, ...] = ("most-popular", "sasrec", "gru4rec")
     baseline_seeds: int | None = None  # seeds the baselines are trained for (None: every seed)
     max_users: int | None = None  # evaluate a sample of users (tests, quick looks)
@@ -275,13 +284,56 @@ def add_device_candidates(items: np.ndarray, cloud: np.ndarray, srm_scores: np.n
             np.concatenate([srm_scores, new_srm], 1))
 
 
-def _with_device_candidates(ls: _Lists, histories: list[np.ndarray], srm: Any, k: int,
-                            n_items: int) -> _Lists:
+def _device_extra(histories: list[np.ndarray], srm: Any, k: int, n_items: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The device's top ``k`` per user (M, k) and their device scores (M, k)."""
     extra = _device_top(histories, srm, k, n_items)
-    extra_srm = srm_candidate_scores(srm, histories, extra)
+    return extra, srm_candidate_scores(srm, histories, extra)
+
+
+def _with_device_candidates(ls: _Lists, histories: list[np.ndarray], srm: Any, k: int,
+                            n_items: int, picks: tuple[np.ndarray, np.ndarray] | None = None) -> _Lists:
+    extra, extra_srm = picks if picks is not None else _device_extra(histories, srm, k, n_items)
     si, sc, ss = add_device_candidates(ls.stale_items, ls.stale_cloud, ls.stale_srm, extra, extra_srm)
     fi, fc, fs = add_device_candidates(ls.fresh_items, ls.fresh_cloud, ls.fresh_srm, extra, extra_srm)
     return _Lists(ls.targets, si, sc, ss, fi, fc, fs)
+
+
+def local_lists(index: Any, histories: list[np.ndarray], count: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(M, count) items and scores of the index's local lists (seen items excluded), padded 0 / -inf."""
+    items = np.zeros((len(histories), count), dtype=np.int64)
+    scores = np.full((len(histories), count), -np.inf, dtype=np.float32)
+    for j, h in enumerate(histories):
+        it, sc = index.local_list(h, count, exclude=set(np.asarray(h).tolist()))
+        items[j, : it.size], scores[j, : sc.size] = it, sc
+    return items, scores
+
+
+def blend_with_local(items: np.ndarray, cloud: np.ndarray, li: np.ndarray, lsc: np.ndarray,
+                     weights: tuple[float, ...]) -> tuple[np.ndarray, dict[float, np.ndarray]]:
+    """Each row's stale list united with its local list (:func:`device.fusion.blend_lists`):
+    (M, C + L) items, the same for every weight, and per weight the (M, C + L) cloud-side scores."""
+    m, width = items.shape[0], items.shape[1] + li.shape[1]
+    out_items = np.zeros((m, width), dtype=np.int64)
+    out = {w: np.full((m, width), -np.inf, dtype=np.float32) for w in weights}
+    for j in range(m):
+        a, b = items[j] > 0, li[j] > 0
+        for w in weights:
+            it, sc = blend_lists(items[j][a], cloud[j][a], li[j][b], lsc[j][b], w)
+            out[w][j, : sc.size] = sc
+        out_items[j, : it.size] = it
+    return out_items, out
+
+
+def _with_neighbours(ls: _Lists, histories: list[np.ndarray], index: Any, srm: Any, count: int,
+                     weights: tuple[float, ...]) -> tuple[np.ndarray, dict[float, _Lists]]:
+    """The local lists (M, count), and per weight ``ls`` with its stale side blended with them."""
+    li, lsc = local_lists(index, histories, count)
+    items, by_w = blend_with_local(ls.stale_items, ls.stale_cloud, li, lsc, weights)
+    srm_scores = srm_candidate_scores(srm, histories, items)
+    return li, {w: _Lists(ls.targets, items, c, srm_scores, ls.fresh_items, ls.fresh_cloud, ls.fresh_srm)
+                for w, c in by_w.items()}
 
 
 def _best_alpha(items: np.ndarray, cloud: np.ndarray, srm: np.ndarray, targets: np.ndarray) -> float:
@@ -346,7 +398,34 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
     te = _lists(test, gen, srm, cfg.candidates)
     cloud_stale_items, cloud_fresh_items = te.stale_items, te.fresh_items
     v_cloud_stale = v.stale_items
-    if cfg.device_candidates > 0:
+    local_items = None
+    if cfg.neighbours > 0:
+        from cloud.neighbours import build
+
+        say(f"seed {seed}: neighbour indexes ({cfg.neighbours} per item) and local lists")
+        # Validation's index comes from the cloud that never saw the validation targets.
+        v_local, v_by_w = _with_neighbours(v, valid.histories, build(gen_val, cfg.neighbours), srm,
+                                           cfg.candidates, cfg.neighbour_weights)
+        local_items, t_by_w = _with_neighbours(te, test.histories, build(gen, cfg.neighbours), srm,
+                                               cfg.candidates, cfg.neighbour_weights)
+        if cfg.device_candidates > 0:
+            say(f"seed {seed}: adding the device's top {cfg.device_candidates} to every list")
+            for ev, by_w in ((valid, v_by_w), (test, t_by_w)):
+                picks = _device_extra(ev.histories, srm, cfg.device_candidates, ds.n_items)
+                for w, x in by_w.items():
+                    by_w[w] = _with_device_candidates(x, ev.histories, srm, cfg.device_candidates,
+                                                      ds.n_items, picks)
+        from shared.metrics import ndcg
+
+        def _valid_score(w: float) -> float:
+            x = v_by_w[w]
+            a = _best_alpha(x.stale_items, x.stale_cloud, x.stale_srm, x.targets)
+            return ndcg(_fused_ranks(x.stale_items, x.stale_cloud, x.stale_srm, a, x.targets)[0], 10)
+
+        weight = max(cfg.neighbour_weights, key=_valid_score)
+        info["neighbour_weight"] = weight
+        v, te = v_by_w[weight], t_by_w[weight]
+    elif cfg.device_candidates > 0:
         say(f"seed {seed}: adding the device's top {cfg.device_candidates} to every list")
         v = _with_device_candidates(v, valid.histories, srm, cfg.device_candidates, ds.n_items)
         te = _with_device_candidates(te, test.histories, srm, cfg.device_candidates, ds.n_items)
@@ -390,6 +469,8 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
         dev_ranks[lo:hi] = ranks_from_scores(scores, y[lo:hi],
                                              exclude=seen_mask(test.histories[lo:hi], ds.n_items))
     rows.append(Row("device-only", None, seed, _metrics(dev_ranks, np.ones(len(y), bool))))
+    if local_items is not None:
+        rows.append(Row("neighbour-index", None, seed, _metrics(ranks_in_lists(local_items, y))))
     rows.append(Row("fusion", None, seed, _metrics(stale_r, stale_in)))
     rows.append(Row("always-fresh", None, seed, _metrics(fresh_r, fresh_in)))
 
@@ -516,6 +597,10 @@ def run(cfg: QualityConfig, say: Callable[[str], None] = lambda s: None
         raise ValueError(f"jobs must be >= 1, got {cfg.jobs}")
     if cfg.device_candidates < 0:
         raise ValueError(f"device_candidates must be >= 0, got {cfg.device_candidates}")
+    if cfg.neighbours < 0:
+        raise ValueError(f"neighbours must be >= 0, got {cfg.neighbours}")
+    if cfg.neighbours and not all(0.0 <= w <= 1.0 for w in cfg.neighbour_weights):
+        raise ValueError(f"neighbour_weights must be in [0, 1], got {cfg.neighbour_weights}")
     ds = load_dataset(cfg.dataset)
     say(ds.describe())
     with _workdir_lock(Path(cfg.workdir) / ds.name):
