@@ -172,7 +172,8 @@ def cmd_cloud_publish(ns: argparse.Namespace) -> int:
 
     config = json.loads(Path(ns.config).read_text()) if ns.config else {}
     registry = ModelRegistry(ns.registry, _signer(ns))
-    version = registry.publish(ns.model, config, ns.version, make_current=not ns.no_promote)
+    version = registry.publish(ns.model, config, ns.version, make_current=not ns.no_promote,
+                               neighbours=ns.neighbours)
     live = " (live)" if not ns.no_promote else ""
     print(f"published device model {version}{live} to {ns.registry}")
     return 0
@@ -348,6 +349,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--registry", required=True)
     q.add_argument("--model", required=True)
     q.add_argument("--config", help="JSON file with the model's settings (max_len, ...)")
+    q.add_argument("--neighbours", help="a neighbour index (dcrec cloud neighbours) to release with it")
     q.add_argument("--version")
     q.add_argument("--signing-key", help="Ed25519 private key (PEM) to sign the release")
     q.add_argument("--no-promote", action="store_true", help="publish without making it live")

@@ -5,6 +5,7 @@ Layout on disk (one folder per version; a release names the live one)::
     registry/
       models/<version>/model.onnx      # device registry; a cloud registry holds a
       models/<version>/config.json     #   backend model directory per version
+      models/<version>/neighbours.npz  # optional: the cloud's neighbour index released with it
       RELEASE.json                     # the live release: manifest, signature, key id
       CURRENT                          # the live version, plain text (for people and tools)
       HISTORY.jsonl                    # every release, oldest first: what roll-back reads
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.contract import DeviceModel, manifest_bytes
+from shared.neighbours import NeighbourIndex, NeighbourIndexError
 
 if TYPE_CHECKING:
     from cloud.signing import Signer
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 class RegistryError(ValueError):
     """Unknown version, nothing to roll back to, or an unreadable registry."""
 
+
+NEIGHBOURS_FILE = "neighbours.npz"  # a release's neighbour index, beside model.onnx
 
 def _valid_version(version: str) -> None:
     if not version or len(version) > 100 or not version.replace("-", "").replace(".", "").replace(
@@ -165,10 +169,26 @@ class ModelRegistry(Releases):
         self._cache: DeviceModel | None = None
 
     def publish(self, onnx_path: str | Path, config: dict[str, Any], version: str | None = None,
-                make_current: bool = True) -> str:
-        """Copy an ONNX file in as a new version; returns the version string."""
+                make_current: bool = True, neighbours: str | Path | None = None) -> str:
+        """Copy an ONNX file in as a new version; returns the version string.
+
+        ``neighbours``: a neighbour index file (``dcrec cloud neighbours``) released with
+        the model; checked here, and announced by its sha256 in the release config.
+        """
         data = Path(onnx_path).read_bytes()
         digest = hashlib.sha256(data).hexdigest()
+        index_data = None
+        if neighbours is not None:
+            index_data = Path(neighbours).read_bytes()
+            try:
+                index = NeighbourIndex.from_bytes(index_data, str(neighbours))
+            except NeighbourIndexError as e:
+                raise RegistryError(str(e)) from e
+            n_items = config.get("n_items")
+            if n_items is not None and n_items != index.n_items:
+                raise RegistryError(f"{neighbours}: indexes {index.n_items} items, the model "
+                                    f"declares n_items {n_items}")
+            config = {**config, "neighbours_sha256": hashlib.sha256(index_data).hexdigest()}
         version = version or f"{time.strftime('%Y%m%d%H%M%S')}-{digest[:8]}"
         _valid_version(version)
         final = self.root / "models" / version
@@ -178,6 +198,8 @@ class ModelRegistry(Releases):
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         (tmp / "model.onnx").write_bytes(data)
+        if index_data is not None:
+            (tmp / NEIGHBOURS_FILE).write_bytes(index_data)
         (tmp / "config.json").write_text(json.dumps({**config, "sha256": digest}, indent=2))
         tmp.rename(final)
         log.info("published device model %s (%d bytes)", version, len(data))
@@ -207,7 +229,12 @@ class ModelRegistry(Releases):
         if config.get("sha256") not in (None, digest):
             raise RegistryError(f"version {version}: model file does not match its recorded sha256")
         config.pop("sha256", None)
-        return DeviceModel(version, data, digest, config)
+        index = b""
+        if "neighbours_sha256" in config:
+            index = (d / NEIGHBOURS_FILE).read_bytes()
+            if hashlib.sha256(index).hexdigest() != config["neighbours_sha256"]:
+                raise RegistryError(f"version {version}: neighbour index does not match its recorded sha256")
+        return DeviceModel(version, data, digest, config, neighbours=index)
 
     def current(self) -> DeviceModel | None:
         """The live release with its manifest (cached until the release changes), or None."""
@@ -224,7 +251,7 @@ class ModelRegistry(Releases):
             self._cache = DeviceModel(model.version, model.onnx, model.sha256, model.config,
                                       sequence, manifest,
                                       base64.b64decode(rel.get("signature") or ""),
-                                      str(rel.get("key_id", "")))
+                                      str(rel.get("key_id", "")), model.neighbours)
         return self._cache
 
 

@@ -43,6 +43,8 @@ def _load_any(model_dir: str) -> tuple[object, str]:
 def cmd_device_export(ns: argparse.Namespace) -> int:
     from device.training.export import export_onnx, quantize_int8
 
+    if ns.neighbours and not ns.registry:
+        raise ValueError("--neighbours releases an index with the model: it needs --registry")
     model, arch = _load_any(ns.model_dir)
     out = Path(ns.out or Path(ns.model_dir) / "model.onnx")
     export_onnx(model, out)  # type: ignore[arg-type]
@@ -55,8 +57,9 @@ def cmd_device_export(ns: argparse.Namespace) -> int:
     if ns.registry:
         from cloud.registry import ModelRegistry
 
-        version = ModelRegistry(ns.registry).publish(out, config)
-        print(f"published as device model {version}")
+        version = ModelRegistry(ns.registry).publish(out, config, neighbours=ns.neighbours)
+        index = f" with the neighbour index {ns.neighbours}" if ns.neighbours else ""
+        print(f"published as device model {version}{index}")
     return 0
 
 
@@ -198,6 +201,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--out")
     q.add_argument("--int8", action="store_true", help="also write model.int8.onnx")
     q.add_argument("--registry", help="also publish to this registry")
+    q.add_argument("--neighbours", help="release the cloud's neighbour index (dcrec cloud neighbours) "
+                                        "with the model (needs --registry)")
     q.set_defaults(fn=cmd_device_export)
 
     q = device.add_parser("eval-rerank", help="the reranking task offline: every system variant")

@@ -23,6 +23,8 @@ from typing import Protocol
 import numpy as np
 import onnxruntime as ort
 
+from shared.neighbours import NeighbourIndex
+
 log = logging.getLogger(__name__)
 
 
@@ -71,6 +73,7 @@ class OnnxReranker:
         if n_items is not None and n_items < 1:
             raise ValueError(f"n_items must be >= 1, got {n_items}")
         self.n_items = n_items  # catalogue size, when known: enables score_catalogue
+        self.neighbours: NeighbourIndex | None = None  # the cloud's index released with the model
         self._catalogue = None if n_items is None else np.arange(1, n_items + 1, dtype=np.int64)[None, :]
         self.session = _session(data, threads)
         self.max_len = max_len

@@ -36,7 +36,7 @@ import numpy as np
 
 from device.adapt import UserAdapter
 from device.client import CloudClient, CloudRejected, CloudUnavailable
-from device.fusion import AlphaLearner, Scale, blend, descending_order, normalise
+from device.fusion import AlphaLearner, Scale, blend, blend_lists, descending_order, normalise
 from device.policy import NeverPolicy, PolicyInput, RequestFeedback, RequestPolicy
 from device.reranker import Reranker
 from device.store import HISTORY_CACHE, CachedList, DeviceStore
@@ -51,6 +51,7 @@ from shared.agreement import (
     uncovered_mass,
 )
 from shared.contract import CandidatesRequest, Reason
+from shared.neighbours import NeighbourIndex
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,16 @@ class RuntimeConfig:
     # list, below every item the cloud listed on the cloud side: the stale list cannot hide
     # what the fresh history points to. 0 = the cloud's candidates only.
     device_candidates: int = 0
+    # With the cloud's neighbour index (shared.neighbours: released with the model, or passed
+    # to the runtime): once the history has moved past the cached list, the list is blended
+    # with the index's local list for the history now (the cloud-side score becomes
+    # ``(1 - w) * rank(cached) + w * rank(local)``, w = ``neighbour_weight``); with no list
+    # yet, the local list alone is ranked. ``neighbour_recent`` newest items vote, each older
+    # one ``neighbour_decay`` times the next newer's.
+    neighbours: bool = True
+    neighbour_weight: float = 0.75
+    neighbour_recent: int = 10
+    neighbour_decay: float = 0.7
     scale: Scale = "rank"  # how cloud and device scores are made comparable before fusion
     learn_alpha: bool = False  # adapt alpha per device from the user's choices (starts at alpha)
     adapt: bool = False  # learn a per-user vector on the device (needs a model with embeddings)
@@ -93,6 +104,11 @@ class RuntimeConfig:
             raise ValueError(f"regret_temperature must be > 0, got {self.regret_temperature}")
         if self.device_candidates < 0:
             raise ValueError(f"device_candidates must be >= 0, got {self.device_candidates}")
+        if not 0.0 <= self.neighbour_weight <= 1.0:
+            raise ValueError(f"neighbour_weight must be in [0, 1], got {self.neighbour_weight}")
+        if self.neighbour_recent < 1 or not 0.0 < self.neighbour_decay <= 1.0:
+            raise ValueError(f"neighbour_recent must be >= 1 and neighbour_decay in (0, 1], got "
+                             f"{self.neighbour_recent} and {self.neighbour_decay}")
 
 
 @dataclass(frozen=True)
@@ -146,8 +162,10 @@ class DeviceRuntime:
     def __init__(self, device_id: str, store: DeviceStore, reranker: Reranker | None,
                  client: CloudClient | None, policy: RequestPolicy | None = None,
                  config: RuntimeConfig | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 neighbours: NeighbourIndex | None = None) -> None:
         self.device_id = device_id
+        self.neighbours = neighbours  # None: the reranker's own index, if its release has one
         self.store = store
         self.reranker = reranker
         self.client = client
@@ -164,6 +182,7 @@ class DeviceRuntime:
         self.requests = 0
         self.failed_requests = 0
         self.events_since_request = 0
+        self._list_fresh = False  # True from a successful request until the next event
         self.alpha_learner = (AlphaLearner(prior_alpha=self.config.alpha, scale=self.config.scale)
                               if self.config.learn_alpha else None)
         self.adapter: UserAdapter | None = None
@@ -181,11 +200,13 @@ class DeviceRuntime:
     @classmethod
     def open(cls, path: str | Path, reranker: Reranker | None, client: CloudClient | None,
              policy: RequestPolicy | None = None, config: RuntimeConfig | None = None,
-             device_id: str | None = None, clock: Callable[[], float] = time.time) -> DeviceRuntime:
+             device_id: str | None = None, clock: Callable[[], float] = time.time,
+             neighbours: NeighbourIndex | None = None) -> DeviceRuntime:
         window = (config or RuntimeConfig()).history_window
         store = DeviceStore(path, history_cache=max(HISTORY_CACHE, window))
         try:
-            return cls(device_id or Path(path).stem, store, reranker, client, policy, config, clock)
+            return cls(device_id or Path(path).stem, store, reranker, client, policy, config, clock,
+                       neighbours)
         except BaseException:
             store.close()
             raise
@@ -205,6 +226,7 @@ class DeviceRuntime:
         if unseen:
             self._consumed(item)
         self.events_since_request += 1
+        self._list_fresh = False
         self._learn(item)
         self._rerank()
         reason = self.policy.decide(self._policy_input(now))
@@ -252,6 +274,7 @@ class DeviceRuntime:
         self.store.save_list(self.cached)
         self.store.log_request(now, reason.label, True, latency_ms, resp.list_id)
         self.events_since_request = 0
+        self._list_fresh = True
         self._rerank()
         return True
 
@@ -329,23 +352,50 @@ class DeviceRuntime:
             self._load_adapter_state()
         return self.adapter.adjust(scores, emb), scores, emb
 
+    def neighbour_index(self) -> NeighbourIndex | None:
+        """The neighbour index in use: the one passed in, else the reranker's release's; None when off."""
+        if not self.config.neighbours:
+            return None
+        return self.neighbours if self.neighbours is not None else getattr(self.reranker, "neighbours", None)
+
+    def _local_list(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The index's local list for ``history`` (seen items left out), or None without an index."""
+        index = self.neighbour_index()
+        if index is None or history.size == 0:
+            return None
+        seen = self.store.seen() if self.config.exclude_seen else None
+        items, scores = index.local_list(history, self.config.candidates, self.config.neighbour_recent,
+                                         self.config.neighbour_decay, seen)
+        return (items, scores) if items.size else None
+
     def _rerank(self) -> None:
-        if self.cached is None:
+        history = self.store.recent(self.config.history_window)
+        local = None if self._list_fresh else self._local_list(history)
+        if self.cached is None and local is None:
             self._shown = np.zeros(0, dtype=np.int64)
             self._remaining, self._disagreement, self._last = 0, 0.0, None
             return
-        live = self._live_candidates()
-        items, cloud_scores = live.items, live.scores
-        self._remaining = int(items.size)
+        if self.cached is not None:
+            live = self._live_candidates()
+            items, cloud_scores = live.items, live.scores
+            self._remaining = int(items.size)
+            if local is None:
+                cloud_norm, cloud_order = live.cloud(self.config.scale)
+        else:  # no list from the cloud yet: the local list alone
+            items, cloud_scores = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+            self._remaining = 0
+        if local is not None:  # the history moved past the list: blend in the local list
+            items, cloud_scores = blend_lists(items, cloud_scores, *local, self.config.neighbour_weight)
+            order = descending_order(cloud_scores)
+            cloud_norm, cloud_order = normalise(cloud_scores, self.config.scale, order), items[order]
         if items.size == 0 or self.reranker is None:
-            self._shown, self._disagreement, self._last = items, 0.0, None
+            shown = cloud_order if local is not None and items.size else items
+            self._shown, self._disagreement, self._last = shown, 0.0, None
             return
-        history = self.store.recent(self.config.history_window)
         catalogue = self.config.measure in CATALOGUE_MEASURES
         every = (self._catalogue_scores(history)
                  if catalogue or self.config.device_candidates else None)
         open_scores = self._open_catalogue(every) if every is not None else None
-        cloud_norm, cloud_order = live.cloud(self.config.scale)
         extra = self._device_picks(open_scores, items) if self.config.device_candidates else None
         if extra is not None and extra.size:
             # The cloud did not rank the device's picks: they sit just below its worst item.

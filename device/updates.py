@@ -10,6 +10,10 @@ Checks, all before ONNX Runtime reads a byte of the delivered model:
    release at or below the one it runs, so a replayed old release cannot
    downgrade it (roll-backs arrive as new releases with higher sequences).
 
+A release may carry the cloud's neighbour index (:mod:`shared.neighbours`): its
+sha256 is part of the (signed) config, it is checked and parsed before the
+install, and it is attached to the new reranker, so model and index swap together.
+
 Installed models live as ``model-<sequence>-<sha12>.onnx`` beside one pointer
 file ``INSTALLED.json`` that is replaced atomically, so a crash leaves either
 the old model or the new one, never a mix. :class:`ModelUpdater` swaps the
@@ -39,6 +43,7 @@ from device.client import CloudClient, CloudRejected, CloudUnavailable
 from device.reranker import ModelLoadError, OnnxReranker
 from device.store import InstalledModel
 from shared.contract import DeviceModel
+from shared.neighbours import NeighbourIndex, NeighbourIndexError
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +122,30 @@ def verify(model: DeviceModel, trusted: TrustedKeys | None = None,
     max_len = config.get("max_len")
     if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 1:
         raise ModelRejected(f"model {model.version}: config has no valid max_len")
+    announced = config.get("neighbours_sha256")
+    if model.neighbours or announced is not None:
+        if announced is None:
+            raise ModelRejected(f"model {model.version}: carries a neighbour index its config does not announce")
+        got = hashlib.sha256(model.neighbours).hexdigest()
+        if got != announced:
+            raise ModelRejected(f"model {model.version}: neighbour index sha256 {got[:12]} does not match "
+                                f"the announced {str(announced)[:12]}")
     return config
+
+
+def _neighbour_index(model: DeviceModel, config: dict[str, Any]) -> NeighbourIndex | None:
+    """The release's neighbour index, parsed and checked against the model's catalogue."""
+    if not model.neighbours:
+        return None
+    try:
+        index = NeighbourIndex.from_bytes(model.neighbours, f"model {model.version}: neighbour index")
+    except NeighbourIndexError as e:
+        raise ModelRejected(str(e)) from e
+    n_items = _n_items(config)
+    if n_items is not None and index.n_items != n_items:
+        raise ModelRejected(f"model {model.version}: neighbour index covers {index.n_items} items, "
+                            f"the model {n_items}")
+    return index
 
 
 def _read_pointer(model_dir: Path) -> dict[str, Any] | None:
@@ -157,15 +185,20 @@ def install(model: DeviceModel, model_dir: str | Path, threads: int = 1,
                                 _n_items(config))
     except ModelLoadError as e:
         raise ModelRejected(f"model {model.version}: {e}") from e
+    reranker.neighbours = _neighbour_index(model, config)
     d.mkdir(parents=True, exist_ok=True)
     name = f"model-{model.sequence}-{model.sha256[:12]}.onnx"
     _write_durable(d / name, model.onnx)
     old = _read_pointer(d)
     pointer = {"file": name, "version": model.version, "sequence": model.sequence,
                "sha256": model.sha256, "max_len": int(config["max_len"]), "config": config}
+    if reranker.neighbours is not None:
+        pointer["neighbours_file"] = f"neighbours-{model.sequence}-{config['neighbours_sha256'][:12]}.npz"
+        _write_durable(d / pointer["neighbours_file"], model.neighbours)
     _write_durable(d / POINTER, json.dumps(pointer, indent=2).encode())
-    if old and old.get("file") not in (None, name):
-        (d / str(old["file"])).unlink(missing_ok=True)
+    for key in ("file", "neighbours_file"):
+        if old and old.get(key) not in (None, pointer.get(key)):
+            (d / str(old[key])).unlink(missing_ok=True)
     return reranker
 
 
@@ -184,8 +217,16 @@ def load_installed(model_dir: str | Path, threads: int = 1) -> OnnxReranker | No
         if hashlib.sha256(data).hexdigest() != pointer["sha256"]:
             log.warning("%s: installed model file is damaged; ignoring it", d)
             return None
-        return OnnxReranker(data, int(pointer["max_len"]), str(pointer["version"]), threads,
-                            _n_items(pointer.get("config") or {}))
+        reranker = OnnxReranker(data, int(pointer["max_len"]), str(pointer["version"]), threads,
+                                _n_items(pointer.get("config") or {}))
+        if pointer.get("neighbours_file"):
+            try:
+                reranker.neighbours = NeighbourIndex.load(
+                    d / str(pointer["neighbours_file"]),
+                    sha256=str((pointer.get("config") or {}).get("neighbours_sha256", "")))
+            except NeighbourIndexError as e:  # the model still serves, without local lists
+                log.warning("%s: installed neighbour index unusable (%s); running without it", d, e)
+        return reranker
     if (d / "VERSION").is_file() and (d / "model.onnx").is_file():  # layout of older runtimes
         version, max_len = (d / "VERSION").read_text().split()[:2]
         return OnnxReranker.from_file(d / "model.onnx", int(max_len), version, threads)

@@ -60,6 +60,8 @@ class CandidatesResponse:
 class DeviceModel:
     """An ONNX reranker as the cloud hands it out.
 
+    ``neighbours`` is the cloud's neighbour index (:mod:`shared.neighbours`) when the
+    release carries one; the config's ``neighbours_sha256`` announces its digest.
     ``manifest`` is the canonical JSON of :func:`manifest_bytes` and ``signature``
     an Ed25519 signature over exactly those bytes; both are empty when the
     registry signs nothing (development). ``sequence`` orders releases.
@@ -73,6 +75,7 @@ class DeviceModel:
     manifest: bytes = b""
     signature: bytes = b""
     key_id: str = ""
+    neighbours: bytes = b""  # the neighbour index file (shared.neighbours), released with the model
 
 
 def manifest_bytes(version: str, sequence: int, sha256: str, config: dict[str, Any]) -> bytes:

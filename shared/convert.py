@@ -65,7 +65,8 @@ def model_to_pb(model: DeviceModel | None, updated: bool) -> pb.GetDeviceModelRe
     return pb.GetDeviceModelResponse(updated=True, version=model.version, onnx=model.onnx,
                                      sha256=model.sha256, config_json=json.dumps(model.config),
                                      sequence=model.sequence, manifest=model.manifest,
-                                     signature=model.signature, key_id=model.key_id)
+                                     signature=model.signature, key_id=model.key_id,
+                                     neighbours=model.neighbours)
 
 
 def model_from_pb(msg: pb.GetDeviceModelResponse) -> DeviceModel | None:
@@ -76,4 +77,4 @@ def model_from_pb(msg: pb.GetDeviceModelResponse) -> DeviceModel | None:
     if not isinstance(config, dict):
         raise ValueError("device model config_json is not a JSON object")
     return DeviceModel(msg.version, bytes(msg.onnx), msg.sha256, config, int(msg.sequence),
-                       bytes(msg.manifest), bytes(msg.signature), msg.key_id)
+                       bytes(msg.manifest), bytes(msg.signature), msg.key_id, bytes(msg.neighbours))

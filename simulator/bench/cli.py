@@ -16,6 +16,7 @@ def cmd_quality(ns: argparse.Namespace) -> int:
     from simulator.bench.quality import QualityConfig, run
 
     cfg = QualityConfig(dataset=ns.dataset, seeds=ns.seeds, cloud_backend=ns.cloud_backend,
+                        cloud_options=options(ns.cloud_option),
                         device_epochs=ns.epochs, device_time_budget_s=ns.time_budget,
                         max_users=ns.users, workdir=Path(ns.workdir), measure=ns.measure,
                         measure_top=ns.measure_top, jobs=ns.jobs, threads=ns.threads,
@@ -58,6 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--dataset", default="ml-100k", help="ml-100k, beauty, or a path")
     q.add_argument("--seeds", type=int, default=1)
     q.add_argument("--cloud-backend", default="cooccurrence")
+    q.add_argument("--cloud-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="the cloud backend's training options (e.g. time_budget_min=12)")
     q.add_argument("--epochs", type=int, default=200, help="device-model epochs (early stopping)")
     q.add_argument("--time-budget", type=float, default=1200.0,
                    help="seconds of training per device model")

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64\x63rec/v1/recommend.proto\x12\x08\x64\x63rec.v1\"+\n\x05\x45vent\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\x11\n\ttimestamp\x18\x02 \x01(\x01\"\xb2\x01\n\x14GetCandidatesRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12 \n\x07history\x18\x02 \x03(\x0b\x32\x0f.dcrec.v1.Event\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\x12\'\n\x06reason\x18\x04 \x01(\x0e\x32\x17.dcrec.v1.RequestReason\x12\x14\n\x0c\x65xclude_seen\x18\x05 \x01(\x08\x12\x17\n\x0f\x63urrent_list_id\x18\x06 \x01(\t\"\x8c\x01\n\x15GetCandidatesResponse\x12\x10\n\x08item_ids\x18\x01 \x03(\x03\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x0f\n\x07list_id\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x05 \x01(\x01\x12\x14\n\x0cgenerated_at\x18\x06 \x01(\x01\"]\n\x15GetDeviceModelRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\t\x12\x18\n\x10\x63urrent_sequence\x18\x03 \x01(\x03\"\xb4\x01\n\x16GetDeviceModelResponse\x12\x0f\n\x07updated\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04onnx\x18\x03 \x01(\x0c\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x05 \x01(\t\x12\x10\n\x08sequence\x18\x06 \x01(\x03\x12\x10\n\x08manifest\x18\x07 \x01(\x0c\x12\x11\n\tsignature\x18\x08 \x01(\x0c\x12\x0e\n\x06key_id\x18\t \x01(\t\"[\n\x0fTelemetryRecord\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x14\n\x0cpayload_json\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x01\"g\n\x16ReportTelemetryRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12*\n\x07records\x18\x02 \x03(\x0b\x32\x19.dcrec.v1.TelemetryRecord\x12\x0e\n\x06stream\x18\x03 \x01(\t\"T\n\x17ReportTelemetryResponse\x12\r\n\x05\x61\x63ked\x18\x01 \x03(\x03\x12\x10\n\x08rejected\x18\x02 \x03(\x03\x12\x18\n\x10rejected_reasons\x18\x03 \x03(\t*\xfb\x01\n\rRequestReason\x12\x1e\n\x1aREQUEST_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19REQUEST_REASON_COLD_START\x10\x01\x12\x1f\n\x1bREQUEST_REASON_DISAGREEMENT\x10\x02\x12\x1a\n\x16REQUEST_REASON_EXPIRED\x10\x03\x12\x1b\n\x17REQUEST_REASON_CONSUMED\x10\x04\x12\x1b\n\x17REQUEST_REASON_PERIODIC\x10\x05\x12\x19\n\x15REQUEST_REASON_RANDOM\x10\x06\x12\x19\n\x15REQUEST_REASON_MANUAL\x10\x07\x32\x8c\x02\n\x0bRecommender\x12P\n\rGetCandidates\x12\x1e.dcrec.v1.GetCandidatesRequest\x1a\x1f.dcrec.v1.GetCandidatesResponse\x12S\n\x0eGetDeviceModel\x12\x1f.dcrec.v1.GetDeviceModelRequest\x1a .dcrec.v1.GetDeviceModelResponse\x12V\n\x0fReportTelemetry\x12 .dcrec.v1.ReportTelemetryRequest\x1a!.dcrec.v1.ReportTelemetryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64\x63rec/v1/recommend.proto\x12\x08\x64\x63rec.v1\"+\n\x05\x45vent\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\x11\n\ttimestamp\x18\x02 \x01(\x01\"\xb2\x01\n\x14GetCandidatesRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12 \n\x07history\x18\x02 \x03(\x0b\x32\x0f.dcrec.v1.Event\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\x12\'\n\x06reason\x18\x04 \x01(\x0e\x32\x17.dcrec.v1.RequestReason\x12\x14\n\x0c\x65xclude_seen\x18\x05 \x01(\x08\x12\x17\n\x0f\x63urrent_list_id\x18\x06 \x01(\t\"\x8c\x01\n\x15GetCandidatesResponse\x12\x10\n\x08item_ids\x18\x01 \x03(\x03\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x0f\n\x07list_id\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x05 \x01(\x01\x12\x14\n\x0cgenerated_at\x18\x06 \x01(\x01\"]\n\x15GetDeviceModelRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\t\x12\x18\n\x10\x63urrent_sequence\x18\x03 \x01(\x03\"\xc8\x01\n\x16GetDeviceModelResponse\x12\x0f\n\x07updated\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04onnx\x18\x03 \x01(\x0c\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x05 \x01(\t\x12\x10\n\x08sequence\x18\x06 \x01(\x03\x12\x10\n\x08manifest\x18\x07 \x01(\x0c\x12\x11\n\tsignature\x18\x08 \x01(\x0c\x12\x0e\n\x06key_id\x18\t \x01(\t\x12\x12\n\nneighbours\x18\n \x01(\x0c\"[\n\x0fTelemetryRecord\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x14\n\x0cpayload_json\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x01\"g\n\x16ReportTelemetryRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12*\n\x07records\x18\x02 \x03(\x0b\x32\x19.dcrec.v1.TelemetryRecord\x12\x0e\n\x06stream\x18\x03 \x01(\t\"T\n\x17ReportTelemetryResponse\x12\r\n\x05\x61\x63ked\x18\x01 \x03(\x03\x12\x10\n\x08rejected\x18\x02 \x03(\x03\x12\x18\n\x10rejected_reasons\x18\x03 \x03(\t*\xfb\x01\n\rRequestReason\x12\x1e\n\x1aREQUEST_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19REQUEST_REASON_COLD_START\x10\x01\x12\x1f\n\x1bREQUEST_REASON_DISAGREEMENT\x10\x02\x12\x1a\n\x16REQUEST_REASON_EXPIRED\x10\x03\x12\x1b\n\x17REQUEST_REASON_CONSUMED\x10\x04\x12\x1b\n\x17REQUEST_REASON_PERIODIC\x10\x05\x12\x19\n\x15REQUEST_REASON_RANDOM\x10\x06\x12\x19\n\x15REQUEST_REASON_MANUAL\x10\x07\x32\x8c\x02\n\x0bRecommender\x12P\n\rGetCandidates\x12\x1e.dcrec.v1.GetCandidatesRequest\x1a\x1f.dcrec.v1.GetCandidatesResponse\x12S\n\x0eGetDeviceModel\x12\x1f.dcrec.v1.GetDeviceModelRequest\x1a .dcrec.v1.GetDeviceModelResponse\x12V\n\x0fReportTelemetry\x12 .dcrec.v1.ReportTelemetryRequest\x1a!.dcrec.v1.ReportTelemetryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dcrec.v1.recommend_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REQUESTREASON']._serialized_start=970
-  _globals['_REQUESTREASON']._serialized_end=1221
+  _globals['_REQUESTREASON']._serialized_start=990
+  _globals['_REQUESTREASON']._serialized_end=1241
   _globals['_EVENT']._serialized_start=38
   _globals['_EVENT']._serialized_end=81
   _globals['_GETCANDIDATESREQUEST']._serialized_start=84
@@ -43,13 +43,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETDEVICEMODELREQUEST']._serialized_start=407
   _globals['_GETDEVICEMODELREQUEST']._serialized_end=500
   _globals['_GETDEVICEMODELRESPONSE']._serialized_start=503
-  _globals['_GETDEVICEMODELRESPONSE']._serialized_end=683
-  _globals['_TELEMETRYRECORD']._serialized_start=685
-  _globals['_TELEMETRYRECORD']._serialized_end=776
-  _globals['_REPORTTELEMETRYREQUEST']._serialized_start=778
-  _globals['_REPORTTELEMETRYREQUEST']._serialized_end=881
-  _globals['_REPORTTELEMETRYRESPONSE']._serialized_start=883
-  _globals['_REPORTTELEMETRYRESPONSE']._serialized_end=967
-  _globals['_RECOMMENDER']._serialized_start=1224
-  _globals['_RECOMMENDER']._serialized_end=1492
+  _globals['_GETDEVICEMODELRESPONSE']._serialized_end=703
+  _globals['_TELEMETRYRECORD']._serialized_start=705
+  _globals['_TELEMETRYRECORD']._serialized_end=796
+  _globals['_REPORTTELEMETRYREQUEST']._serialized_start=798
+  _globals['_REPORTTELEMETRYREQUEST']._serialized_end=901
+  _globals['_REPORTTELEMETRYRESPONSE']._serialized_start=903
+  _globals['_REPORTTELEMETRYRESPONSE']._serialized_end=987
+  _globals['_RECOMMENDER']._serialized_start=1244
+  _globals['_RECOMMENDER']._serialized_end=1512
 # @@protoc_insertion_point(module_scope)

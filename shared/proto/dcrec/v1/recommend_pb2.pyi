@@ -78,7 +78,7 @@ class GetDeviceModelRequest(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., current_version: _Optional[str] = ..., current_sequence: _Optional[int] = ...) -> None: ...
 
 class GetDeviceModelResponse(_message.Message):
-    __slots__ = ("updated", "version", "onnx", "sha256", "config_json", "sequence", "manifest", "signature", "key_id")
+    __slots__ = ("updated", "version", "onnx", "sha256", "config_json", "sequence", "manifest", "signature", "key_id", "neighbours")
     UPDATED_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ONNX_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +88,7 @@ class GetDeviceModelResponse(_message.Message):
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    NEIGHBOURS_FIELD_NUMBER: _ClassVar[int]
     updated: bool
     version: str
     onnx: bytes
@@ -97,7 +98,8 @@ class GetDeviceModelResponse(_message.Message):
     manifest: bytes
     signature: bytes
     key_id: str
-    def __init__(self, updated: _Optional[bool] = ..., version: _Optional[str] = ..., onnx: _Optional[bytes] = ..., sha256: _Optional[str] = ..., config_json: _Optional[str] = ..., sequence: _Optional[int] = ..., manifest: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., key_id: _Optional[str] = ...) -> None: ...
+    neighbours: bytes
+    def __init__(self, updated: _Optional[bool] = ..., version: _Optional[str] = ..., onnx: _Optional[bytes] = ..., sha256: _Optional[str] = ..., config_json: _Optional[str] = ..., sequence: _Optional[int] = ..., manifest: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., key_id: _Optional[str] = ..., neighbours: _Optional[bytes] = ...) -> None: ...
 
 class TelemetryRecord(_message.Message):
     __slots__ = ("sequence", "kind", "payload_json", "created_at")
