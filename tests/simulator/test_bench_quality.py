@@ -128,6 +128,25 @@ def test_device_candidates_and_the_uncovered_measure(tmp_path: Path) -> None:
         run(QualityConfig(dataset="ml-100k", device_candidates=-1, workdir=tmp_path))
 
 
+def test_local_lists_from_the_neighbour_index(tmp_path: Path) -> None:
+    cfg = QualityConfig(dataset="ml-100k", device_epochs=1, max_users=150, baselines=(),
+                        device_model={"dim": 16, "layers": 1, "heads": 1}, ratios=(0.0, 0.2, 1.0),
+                        device_candidates=3, neighbours=20, threads=1, workdir=tmp_path)
+    rows, infos = run(cfg)
+    assert infos[0]["neighbour_weight"] in cfg.neighbour_weights
+    local, fused = get(rows, "neighbour-index"), get(rows, "fusion")
+    # The stale side ranks the stale list united with the local list (and the device's picks):
+    # it holds the target whenever either list does.
+    assert fused["recall@list"] >= max(local["recall@list"], get(rows, "cloud-stale")["recall@list"]) - 1e-12
+    assert 0.0 < local["NDCG@10"] <= local["recall@list"]
+    # Fresh lists are ranked alone: the always-fresh bound is the one without the index.
+    plain, _ = run(QualityConfig(**{**cfg.__dict__, "neighbours": 0, "workdir": tmp_path, "reuse": True}))
+    assert get(rows, "always-fresh")["NDCG@10"] == pytest.approx(get(plain, "always-fresh")["NDCG@10"])
+    assert get(rows, "disagreement", 0.0)["NDCG@10"] == pytest.approx(fused["NDCG@10"])
+    with pytest.raises(ValueError, match="neighbours must be >= 0"):
+        run(QualityConfig(dataset="ml-100k", neighbours=-1, workdir=tmp_path))
+
+
 def test_a_second_run_on_the_same_workdir_is_refused(tmp_path: Path) -> None:
     from simulator.bench.quality import WorkdirInUse, _workdir_lock
 
