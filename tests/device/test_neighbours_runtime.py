@@ -30,7 +30,29 @@ from shared.contract import DeviceModel, manifest_bytes
 from shared.neighbours import NeighbourIndex
 from simulator.bench.quality import add_device_candidates, blend_with_local, local_lists
 
-from .test_device_candidates import N_ITEMS, CatalogueReranker, cached_list
+N_ITEMS = 300
+
+
+class CatalogueReranker:
+    """Scores without ties that depend on the item and the whole history; knows its catalogue."""
+
+    version = "cat"
+
+    def score(self, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        return self.score_catalogue(history)[np.asarray(candidates, dtype=np.int64)]
+
+    def score_catalogue(self, history: np.ndarray) -> np.ndarray:
+        h = float(np.asarray(history, dtype=np.int64).sum() % 97)
+        ids = np.arange(N_ITEMS + 1, dtype=np.float64)
+        out = (np.sin(ids * 0.37 + h) + ids * 1e-6).astype(np.float32)
+        out[0] = -np.inf
+        return out
+
+
+def cached_list(rng: np.random.Generator, list_id: str, n: int = 40) -> CachedList:
+    items = rng.choice(np.arange(1, N_ITEMS + 1), n, replace=False).astype(np.int64)
+    scores = np.round(np.sort(rng.normal(size=n))[::-1], 1).astype(np.float32)  # with ties
+    return CachedList(items, scores, list_id, "m", 0.0, 1e9)
 
 
 def random_index(seed: int = 3, k: int = 12) -> NeighbourIndex:
