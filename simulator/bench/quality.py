@@ -364,13 +364,10 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
     work = Path(cfg.workdir) / ds.name / f"seed{seed}"
 
     t = time.perf_counter()
-    say(f"seed {seed}: training the cloud model ({cfg.cloud_backend}) on the cloud's view")
-    gen = backends.load_generator(backends.train(
-        cfg.cloud_backend, ds, split.train, work / "cloud", cfg.cloud_options))
+    gen = _cloud(ds, cfg, split.train, work / "cloud", lambda m: say(f"seed {seed}: {m}"))
     # Validation needs a cloud that never saw the validation targets.
-    gen_val = backends.load_generator(backends.train(
-        cfg.cloud_backend, ds, [s[:-1] for s in split.train if len(s) > 2], work / "cloud-valid",
-        cfg.cloud_options))
+    gen_val = _cloud(ds, cfg, [s[:-1] for s in split.train if len(s) > 2], work / "cloud-valid",
+                     lambda m: say(f"seed {seed}: {m} (validation)"))
     info["cloud_train_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -494,6 +491,43 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
         m["threshold"] = threshold
         rows.append(Row("disagreement", r, seed, m))
     return rows, info
+
+
+CLOUD_MARKER = "harness.json"  # what a harness-trained cloud model was trained on
+
+
+def _cloud_key(ds: Dataset, cfg: QualityConfig, sequences: list[np.ndarray]) -> dict[str, Any]:
+    """Backend, options and a digest of the training sequences: what decides the cloud model."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for seq in sequences:
+        h.update(np.asarray(seq, dtype=np.int64).tobytes())
+        h.update(b"|")
+    key = {"backend": cfg.cloud_backend, "options": cfg.cloud_options, "n_items": ds.n_items,
+           "sequences": len(sequences), "sha256": h.hexdigest()}
+    return json.loads(json.dumps(key))  # as it reads back from the file
+
+
+def _cloud(ds: Dataset, cfg: QualityConfig, sequences: list[np.ndarray], out: Path,
+           say: Callable[[str], None]) -> backends.CandidateGenerator:
+    """The cloud model trained on ``sequences`` in ``out``; with ``reuse``, the one already
+    there when it was trained on the same sequences with the same backend and options."""
+    key = _cloud_key(ds, cfg, sequences)
+    marker = out / CLOUD_MARKER
+    if cfg.reuse and marker.is_file() and (out / backends.MANIFEST).is_file():
+        try:
+            same = json.loads(marker.read_text()) == key
+        except ValueError:
+            same = False
+        if same:
+            say(f"reusing the cloud model ({cfg.cloud_backend}) in {out}")
+            return backends.load_generator(out)
+    say(f"training the cloud model ({cfg.cloud_backend}) on the cloud's view")
+    marker.unlink(missing_ok=True)
+    backends.train(cfg.cloud_backend, ds, sequences, out, cfg.cloud_options)
+    marker.write_text(json.dumps(key, indent=2))
+    return backends.load_generator(out)
 
 
 def _train_on_lists(ds: Dataset, cfg: QualityConfig, seed: int, train: list[np.ndarray],

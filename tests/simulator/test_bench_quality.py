@@ -147,6 +147,22 @@ def test_local_lists_from_the_neighbour_index(tmp_path: Path) -> None:
         run(QualityConfig(dataset="ml-100k", neighbours=-1, workdir=tmp_path))
 
 
+def test_reuse_loads_a_cloud_model_only_when_it_was_trained_on_the_same_data(tmp_path: Path) -> None:
+    cfg = QualityConfig(dataset="ml-100k", device_epochs=1, max_users=100, baselines=(),
+                        device_model={"dim": 16, "layers": 1, "heads": 1}, ratios=(0.0, 1.0),
+                        threads=1, workdir=tmp_path, reuse=True)
+    said: list[str] = []
+    first, _ = run(cfg, said.append)
+    assert not any("reusing the cloud model" in m for m in said)
+    said.clear()
+    again, _ = run(cfg, said.append)
+    assert sum("reusing the cloud model" in m for m in said) == 2  # the test and validation clouds
+    assert [r.metrics for r in again] == [r.metrics for r in first]
+    said.clear()
+    run(QualityConfig(**{**cfg.__dict__, "cloud_options": {"window": 3}}), said.append)
+    assert not any("reusing the cloud model" in m for m in said)  # other options: trained again
+
+
 def test_a_second_run_on_the_same_workdir_is_refused(tmp_path: Path) -> None:
     from simulator.bench.quality import WorkdirInUse, _workdir_lock
 
