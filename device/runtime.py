@@ -79,7 +79,7 @@ class RuntimeConfig:
     # yet, the local list alone is ranked. ``neighbour_recent`` newest items vote, each older
     # one ``neighbour_decay`` times the next newer's.
     neighbours: bool = True
-    neighbour_weight: float = 0.75
+    neighbour_weight: float = 1.0
     neighbour_recent: int = 10
     neighbour_decay: float = 0.7
     scale: Scale = "rank"  # how cloud and device scores are made comparable before fusion
