@@ -36,8 +36,13 @@ class LatencyRow:
 
 def bench_latency(model: object, workdir: str | Path, candidates: int = 100, history: int = 50,
                   calls: int = 2000, warmup: int = 50, threads: int = 1,
-                  seed: int = 0) -> list[LatencyRow]:
-    """Time ``model`` (a torch reranker from :mod:`device.training.archs`) in every engine."""
+                  seed: int = 0, neighbours: str | Path | None = None) -> list[LatencyRow]:
+    """Time ``model`` (a torch reranker from :mod:`device.training.archs`) in every engine.
+
+    ``neighbours``: a neighbour index file; adds a row for what the runtime does with it
+    between requests (the local list of ``candidates`` items for the history, blended with
+    the cached list), interleaved with the engines.
+    """
     import torch
 
     from device.reranker import OnnxReranker
@@ -69,6 +74,19 @@ def bench_latency(model: object, workdir: str | Path, candidates: int = 100, his
     sizes = {"torch eager (float32)": sum(p.numel() * p.element_size()
                                           for p in model.parameters()),  # type: ignore[attr-defined]
              "onnxruntime float32": fp32.stat().st_size, "onnxruntime int8": int8.stat().st_size}
+    if neighbours is not None:
+        from device.fusion import blend_lists
+        from shared.neighbours import NeighbourIndex
+
+        index = NeighbourIndex.load(neighbours)
+        cached_scores = np.sort(rng.random(candidates))[::-1]
+
+        def local_call(h: np.ndarray, c: np.ndarray) -> None:
+            items, scores = index.local_list(h, candidates, exclude=set(h.tolist()))
+            blend_lists(c, cached_scores, items, scores, 1.0)
+
+        engines["neighbour index: local list + blend (numpy)"] = local_call
+        sizes["neighbour index: local list + blend (numpy)"] = Path(neighbours).stat().st_size
     times: dict[str, list[float]] = {k: [] for k in engines}
     for i in range(warmup + calls):
         h, c = hists[i % 64], cands[i % 64]

@@ -150,7 +150,7 @@ def cmd_bench_latency(ns: argparse.Namespace) -> int:
         arch = ns.arch
         model = archs.build(arch, ns.items)
     rows = bench_latency(model, ns.workdir, candidates=ns.candidates, history=ns.history,
-                         calls=ns.calls, threads=ns.threads)
+                         calls=ns.calls, threads=ns.threads, seed=ns.seed, neighbours=ns.neighbours)
     print(f"{arch}: {ns.candidates} candidates, {ns.history}-item history, batch 1, "
           f"{ns.calls} calls per engine, {ns.threads} thread(s)")
     print(format_rows(rows))
@@ -228,5 +228,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--calls", type=int, default=2000)
     q.add_argument("--threads", type=int, default=1)
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--neighbours", help="a neighbour index: also time the local list and blend")
     q.add_argument("--workdir", default="runs/bench-latency")
     q.set_defaults(fn=cmd_bench_latency)
