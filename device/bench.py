@@ -108,6 +108,7 @@ def format_rows(rows: list[LatencyRow]) -> str:
     lines = ["| engine | median ms | p99 ms | mean ms | speed-up (median) | size |",
              "|---|---|---|---|---|---|"]
     for r in rows:
+        speed = "-" if r.engine.startswith("neighbour") else f"{base / r.median_ms:.1f}x"  # not an engine
         lines.append(f"| {r.engine} | {r.median_ms:.3f} | {r.p99_ms:.3f} | {r.mean_ms:.3f} | "
-                     f"{base / r.median_ms:.1f}x | {r.size_bytes / 1e6:.2f} MB |")
+                     f"{speed} | {r.size_bytes / 1e6:.2f} MB |")
     return "\n".join(lines)

@@ -116,10 +116,9 @@ def blend_lists(cached_items: np.ndarray, cached_scores: np.ndarray, local_items
     new = ~np.isin(local_items, cached_items)
     items = np.concatenate([cached_items, local_items[new]])
     scores = np.concatenate([(1.0 - weight) * rc, np.zeros(int(new.sum()), np.float32)])
-    pos = {int(i): j for j, i in enumerate(items.tolist())}
-    idx = np.fromiter((pos[int(i)] for i in local_items.tolist()), dtype=np.int64, count=local_items.size)
-    if idx.size:
-        scores[idx] += weight * rl
+    if local_items.size:  # where each local item sits in ``items``
+        sorter = np.argsort(items, kind="stable")
+        scores[sorter[np.searchsorted(items, local_items, sorter=sorter)]] += weight * rl
     return items, scores.astype(np.float32)
 
 

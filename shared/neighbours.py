@@ -101,18 +101,19 @@ class NeighbourIndex:
         if h.size == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         weights = decay ** np.arange(h.size, dtype=np.float64)
-        cand = self.items[h].ravel().astype(np.int64)
+        cand = self.items[h].ravel()
         votes = (self.scores[h].astype(np.float64) * weights[:, None]).ravel()
         live = cand > 0
-        if exclude:
-            live &= ~np.isin(cand, np.fromiter(exclude, dtype=np.int64, count=len(exclude)))
-        cand, votes = cand[live], votes[live]
-        if cand.size == 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        ids, inv = np.unique(cand, return_inverse=True)
-        sums = np.bincount(inv, weights=votes)
+        ids, inv = np.unique(cand[live], return_inverse=True)
+        sums = np.bincount(inv, weights=votes[live])
+        if exclude and ids.size:  # at most recent * K ids to look up, however large ``exclude``
+            if isinstance(exclude, np.ndarray):
+                keep = ~np.isin(ids, exclude)
+            else:
+                keep = np.fromiter((i not in exclude for i in ids.tolist()), dtype=bool, count=ids.size)
+            ids, sums = ids[keep], sums[keep]
         order = np.lexsort((ids, -sums))[:count]  # score descending, then id ascending
-        return ids[order], sums[order].astype(np.float32)
+        return ids[order].astype(np.int64), sums[order].astype(np.float32)
 
     # --- files ------------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
