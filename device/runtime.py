@@ -384,8 +384,11 @@ class DeviceRuntime:
         else:  # no list from the cloud yet: the local list alone
             items, cloud_scores = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
             self._remaining = 0
+        local_new = slice(0, 0)  # where the local list's own items sit in ``items``
         if local is not None:  # the history moved past the list: blend in the local list
+            n_cached = items.size
             items, cloud_scores = blend_lists(items, cloud_scores, *local, self.config.neighbour_weight)
+            local_new = slice(n_cached, items.size)
             order = descending_order(cloud_scores)
             cloud_norm, cloud_order = normalise(cloud_scores, self.config.scale, order), items[order]
         if items.size == 0 or self.reranker is None:
@@ -413,6 +416,14 @@ class DeviceRuntime:
             self._disagreement = self._catalogue_disagreement(open_scores)
             return
         device_order = items[order]
+        if local is not None and self.cached is not None:
+            # The order measures compare the device with the cloud's own (cached) list, with or
+            # without the index: the local list changes what is shown, not what the cloud said,
+            # so a threshold set without the index keeps its meaning.
+            own = np.ones(items.size, dtype=bool)
+            own[local_new] = False
+            device_order = items[own][descending_order(device_scores[own])]
+            cloud_order = live.cloud(self.config.scale)[1]
         self._disagreement = disagreement(cloud_order, device_order, self.config.measure,
                                           self.config.measure_top)
 

@@ -405,10 +405,13 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
                                            cfg.candidates, cfg.neighbour_weights)
         local_items, t_by_w = _with_neighbours(te, test.histories, build(gen, cfg.neighbours), srm,
                                                cfg.candidates, cfg.neighbour_weights)
+        own = {"valid": v, "test": te}  # the cloud's own lists: what the order measures compare
         if cfg.device_candidates > 0:
             say(f"seed {seed}: adding the device's top {cfg.device_candidates} to every list")
-            for ev, by_w in ((valid, v_by_w), (test, t_by_w)):
+            for name, ev, by_w in (("valid", valid, v_by_w), ("test", test, t_by_w)):
                 picks = _device_extra(ev.histories, srm, cfg.device_candidates, ds.n_items)
+                own[name] = _with_device_candidates(own[name], ev.histories, srm, cfg.device_candidates,
+                                                    ds.n_items, picks)
                 for w, x in by_w.items():
                     by_w[w] = _with_device_candidates(x, ev.histories, srm, cfg.device_candidates,
                                                       ds.n_items, picks)
@@ -452,9 +455,12 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
         valid_dis = _coverage(valid.histories, v.stale_items, srm, cfg.measure_top, ds.n_items)
         test_dis = _coverage(test.histories, te.stale_items, srm, cfg.measure_top, ds.n_items)
     else:
-        valid_dis = _disagreements(v.stale_items, v.stale_cloud, v.stale_srm, cfg.measure,
+        # With the index the order measures still compare the device with the cloud's own
+        # stale list, as the runtime does (the local list changes what is shown only).
+        vo, to = (own["valid"], own["test"]) if cfg.neighbours > 0 else (v, te)
+        valid_dis = _disagreements(vo.stale_items, vo.stale_cloud, vo.stale_srm, cfg.measure,
                                    cfg.measure_top)
-        test_dis = _disagreements(te.stale_items, te.stale_cloud, te.stale_srm, cfg.measure,
+        test_dis = _disagreements(to.stale_items, to.stale_cloud, to.stale_srm, cfg.measure,
                                   cfg.measure_top)
 
     stale_in = (te.stale_items == y[:, None]).any(1)

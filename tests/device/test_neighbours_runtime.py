@@ -205,3 +205,22 @@ def test_a_runtime_with_an_index_of_its_own_prefers_it(tmp_path: Path) -> None:
     store.save_list(CachedList(np.array([1, 2, 3]), np.array([3.0, 2.0, 1.0], np.float32), "L", "m", 0.0, 1e9))
     assert DeviceRuntime("d", store, rr, None, NeverPolicy(), neighbours=mine).neighbour_index() is mine
     assert DeviceRuntime("e", DeviceStore(tmp_path / "e.sqlite"), rr, None, NeverPolicy()).neighbour_index() is shipped
+
+
+@pytest.mark.parametrize("measure", ["rbo", "footrule"])
+def test_order_measures_still_compare_with_the_clouds_own_list(tmp_path: Path, measure: str) -> None:
+    """The index changes what is shown, not the disagreement a fixed threshold was set on."""
+    rng = np.random.default_rng(4)
+    c = cached_list(rng, "L0")
+    runtimes = []
+    for name, index in (("with", random_index()), ("without", None)):
+        store = DeviceStore(tmp_path / f"{name}.sqlite")
+        store.save_list(c)
+        runtimes.append(DeviceRuntime(name, store, CatalogueReranker(), None, NeverPolicy(),
+                                      RuntimeConfig(measure=measure), neighbours=index))
+    with_index, without = runtimes
+    for t in range(25):
+        item = int(rng.integers(1, N_ITEMS + 1))
+        a, b = with_index.record(item, float(t)), without.record(item, float(t))
+        assert a.disagreement == pytest.approx(b.disagreement)
+        assert set(with_index._last.items.tolist()) > set(without._last.items.tolist())  # type: ignore[union-attr]
