@@ -7,8 +7,8 @@ on loopback, every device downloads the model from it and replays its user's
 later events. Three policies run against the same server: no requests after
 the first list (lower bound), disagreement-triggered requests (the system),
 and a request on every event (upper bound). Then the model is released again
-with the cloud's neighbour index, and ``never`` runs once more: no request
-after the first list, the device's local lists in between.
+with the cloud's neighbour index, and ``never`` and ``disagreement`` run once
+more, the devices' local lists ranked between requests.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def run_demo(workdir: Path, dataset: str = "ml-100k", quick: bool = False) -> in
                           policies=["never", "disagreement", "always"],
                           max_users=50 if quick else None)
     results = run_simulations(spec)
-    _step("5/5 release the model again with the cloud's neighbour index; simulate never")
+    _step("5/5 release the model again with the cloud's neighbour index; simulate never / disagreement")
     if cli(["cloud", "neighbours", "--model-dir", str(workdir / "cloud"),
             "--out", str(workdir / "neighbours.npz")]):
         return 1
@@ -66,7 +66,7 @@ def run_demo(workdir: Path, dataset: str = "ml-100k", quick: bool = False) -> in
         return 1
     shutil.rmtree(workdir / "sim-neighbours", ignore_errors=True)  # devices fetch the new release
     again = run_simulations(replace(spec, workdir=workdir / "sim-neighbours",
-                                    policies=["never"]))
+                                    policies=["never", "disagreement"]))
     results += [replace(r, policy=f"{r.policy} + neighbour index") for r in again]
     table = format_table(results)
     (workdir / "summary.md").write_text(table + "\n")
