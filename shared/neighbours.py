@@ -106,7 +106,7 @@ class NeighbourIndex:
         live = cand > 0
         ids, inv = np.unique(cand[live], return_inverse=True)
         sums = np.bincount(inv, weights=votes[live])
-        if exclude and ids.size:  # at most recent * K ids to look up, however large ``exclude``
+        if exclude is not None and len(exclude) and ids.size:  # at most recent * K ids to look up
             if isinstance(exclude, np.ndarray):
                 keep = ~np.isin(ids, exclude)
             else:

@@ -59,6 +59,7 @@ def test_local_lists_honour_count_exclusions_recency_and_ties() -> None:
     assert items.tolist() == [2, 3] and scores[0] == pytest.approx(0.8, abs=1e-3)  # float16
     assert ix.local_list(np.array([1]), count=1)[0].tolist() == [2]
     assert ix.local_list(np.array([1]), count=5, exclude={2})[0].tolist() == [3]
+    assert ix.local_list(np.array([1]), count=5, exclude=np.array([2, 9]))[0].tolist() == [3]
     # only the newest ``recent`` items vote: 4 points at 1 only
     assert ix.local_list(np.array([1, 4]), count=5, recent=1)[0].tolist() == [1]
     # ids outside the index and padding are ignored; nothing left gives empty arrays
