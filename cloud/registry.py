@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.contract import DeviceModel, manifest_bytes
+from shared.fileio import write_atomic
 from shared.neighbours import NeighbourIndex, NeighbourIndexError
 
 if TYPE_CHECKING:
@@ -49,15 +50,6 @@ def _valid_version(version: str) -> None:
     if not version or len(version) > 100 or not version.replace("-", "").replace(".", "").replace(
             "_", "").isalnum() or version.startswith("."):
         raise RegistryError(f"version {version!r}: use 1-100 letters, digits, '-', '_', '.'")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class Releases:
@@ -125,8 +117,8 @@ class Releases:
                 f.flush()
                 os.fsync(f.fileno())
             release = {**entry, **self._extra(version, sequence)}
-            _write_atomic(self.root / "RELEASE.json", json.dumps(release, indent=2).encode())
-            _write_atomic(self.root / "CURRENT", version.encode())
+            write_atomic(self.root / "RELEASE.json", json.dumps(release, indent=2).encode())
+            write_atomic(self.root / "CURRENT", version.encode())
         log.info("%s: %s %s as release %d", self.root, action, version, sequence)
         return sequence
 

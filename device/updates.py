@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterable
@@ -43,6 +42,7 @@ from device.client import CloudClient, CloudRejected, CloudUnavailable
 from device.reranker import ModelLoadError, OnnxReranker
 from device.store import InstalledModel
 from shared.contract import DeviceModel
+from shared.fileio import write_atomic
 from shared.neighbours import NeighbourIndex, NeighbourIndexError
 
 log = logging.getLogger(__name__)
@@ -166,15 +166,6 @@ def installed_sequence(model_dir: str | Path) -> int:
     return int(pointer.get("sequence", 0)) if pointer else 0
 
 
-def _write_durable(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def install(model: DeviceModel, model_dir: str | Path, threads: int = 1,
             trusted: TrustedKeys | None = None) -> OnnxReranker:
     """Verify, load and persist ``model``; raises ModelRejected and leaves the old model alone."""
@@ -188,14 +179,14 @@ def install(model: DeviceModel, model_dir: str | Path, threads: int = 1,
     reranker.neighbours = _neighbour_index(model, config)
     d.mkdir(parents=True, exist_ok=True)
     name = f"model-{model.sequence}-{model.sha256[:12]}.onnx"
-    _write_durable(d / name, model.onnx)
+    write_atomic(d / name, model.onnx)
     old = _read_pointer(d)
     pointer = {"file": name, "version": model.version, "sequence": model.sequence,
                "sha256": model.sha256, "max_len": int(config["max_len"]), "config": config}
     if reranker.neighbours is not None:
         pointer["neighbours_file"] = f"neighbours-{model.sequence}-{config['neighbours_sha256'][:12]}.npz"
-        _write_durable(d / pointer["neighbours_file"], model.neighbours)
-    _write_durable(d / POINTER, json.dumps(pointer, indent=2).encode())
+        write_atomic(d / pointer["neighbours_file"], model.neighbours)
+    write_atomic(d / POINTER, json.dumps(pointer, indent=2).encode())
     for key in ("file", "neighbours_file"):
         if old and old.get(key) not in (None, pointer.get(key)):
             (d / str(old[key])).unlink(missing_ok=True)

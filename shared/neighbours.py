@@ -30,12 +30,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from shared.fileio import write_atomic
 
 FORMAT = 1
 
@@ -127,13 +128,7 @@ class NeighbourIndex:
     def save(self, path: str | Path) -> str:
         """Write atomically; returns the file's sha256 (what a release announces)."""
         data = self.to_bytes()
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, data)
         return hashlib.sha256(data).hexdigest()
 
     @classmethod
