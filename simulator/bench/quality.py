@@ -337,10 +337,17 @@ def _with_neighbours(ls: _Lists, histories: list[np.ndarray], index: Any, srm: A
 
 
 def _best_alpha(items: np.ndarray, cloud: np.ndarray, srm: np.ndarray, targets: np.ndarray) -> float:
+    return _best_alpha_ndcg(items, cloud, srm, targets)[0]
+
+
+def _best_alpha_ndcg(items: np.ndarray, cloud: np.ndarray, srm: np.ndarray, targets: np.ndarray
+                     ) -> tuple[float, float]:
+    """The fusion weight with the best NDCG@10 on these lists (ties: nearest 0.5), and that NDCG@10."""
     from shared.metrics import ndcg
 
     scores = {a: ndcg(_fused_ranks(items, cloud, srm, a, targets)[0], 10) for a in ALPHAS}
-    return max(scores, key=lambda a: (scores[a], -abs(a - 0.5)))
+    best = max(scores, key=lambda a: (scores[a], -abs(a - 0.5)))
+    return best, scores[best]
 
 
 def _metrics(ranks: np.ndarray, in_list: np.ndarray | None = None) -> dict[str, float]:
@@ -396,12 +403,13 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
     cloud_stale_items, cloud_fresh_items = te.stale_items, te.fresh_items
     v_cloud_stale = v.stale_items
     local_items = None
+    alpha_stale: float | None = None  # chosen with the local list's weight when there is one
     if cfg.neighbours > 0:
         from cloud.neighbours import build
 
         say(f"seed {seed}: neighbour indexes ({cfg.neighbours} per item) and local lists")
         # Validation's index comes from the cloud that never saw the validation targets.
-        v_local, v_by_w = _with_neighbours(v, valid.histories, build(gen_val, cfg.neighbours), srm,
+        _, v_by_w = _with_neighbours(v, valid.histories, build(gen_val, cfg.neighbours), srm,
                                            cfg.candidates, cfg.neighbour_weights)
         local_items, t_by_w = _with_neighbours(te, test.histories, build(gen, cfg.neighbours), srm,
                                                cfg.candidates, cfg.neighbour_weights)
@@ -415,21 +423,19 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
                 for w, x in by_w.items():
                     by_w[w] = _with_device_candidates(x, ev.histories, srm, cfg.device_candidates,
                                                       ds.n_items, picks)
-        from shared.metrics import ndcg
-
-        def _valid_score(w: float) -> float:
-            x = v_by_w[w]
-            a = _best_alpha(x.stale_items, x.stale_cloud, x.stale_srm, x.targets)
-            return ndcg(_fused_ranks(x.stale_items, x.stale_cloud, x.stale_srm, a, x.targets)[0], 10)
-
-        weight = max(cfg.neighbour_weights, key=_valid_score)
+        # The local list's weight and the stale fusion weight, chosen together on validation.
+        fits = {w: _best_alpha_ndcg(x.stale_items, x.stale_cloud, x.stale_srm, x.targets)
+                for w, x in v_by_w.items()}
+        weight = max(cfg.neighbour_weights, key=lambda w: fits[w][1])
         info["neighbour_weight"] = weight
         v, te = v_by_w[weight], t_by_w[weight]
+        alpha_stale = fits[weight][0]
     elif cfg.device_candidates > 0:
         say(f"seed {seed}: adding the device's top {cfg.device_candidates} to every list")
         v = _with_device_candidates(v, valid.histories, srm, cfg.device_candidates, ds.n_items)
         te = _with_device_candidates(te, test.histories, srm, cfg.device_candidates, ds.n_items)
-    alpha_stale = _best_alpha(v.stale_items, v.stale_cloud, v.stale_srm, v.targets)
+    if alpha_stale is None:
+        alpha_stale = _best_alpha(v.stale_items, v.stale_cloud, v.stale_srm, v.targets)
     alpha_fresh = _best_alpha(v.fresh_items, v.fresh_cloud, v.fresh_srm, v.targets)
     info.update(alpha_stale=alpha_stale, alpha_fresh=alpha_fresh)
     y = te.targets
