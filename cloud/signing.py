@@ -3,7 +3,9 @@
 The registry signs :func:`shared.contract.manifest_bytes` (version, release
 sequence, sha256 of the ONNX file, config) with a private key that never
 leaves the operator's side; devices hold the public key and refuse anything
-it did not sign (see :mod:`device.updates`).
+it did not sign (see :mod:`device.updates`), and so does a server given the
+public key before it hands a release out (the check is
+:func:`shared.signatures.check_signature`).
 
 Example::
 
@@ -14,21 +16,16 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from shared.signatures import TrustedKeys, key_id
 
 PRIVATE_NAME = "signing.pem"
 PUBLIC_NAME = "signing.pub.pem"
-
-
-def key_id(public: Ed25519PublicKey) -> str:
-    """First 16 hex digits of the sha256 of the raw public key: names a key in logs and manifests."""
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
 
 
 class Signer:
@@ -53,6 +50,10 @@ class Signer:
     def sign(self, manifest: bytes) -> bytes:
         """64-byte Ed25519 signature over ``manifest``."""
         return self.private.sign(manifest)
+
+    def trusted(self) -> TrustedKeys:
+        """This key's public half, as the verifying side holds it."""
+        return TrustedKeys.of(self.public)
 
     def public_pem(self) -> bytes:
         return self.public.public_bytes(serialization.Encoding.PEM,

@@ -23,6 +23,7 @@ from typing import Protocol
 import numpy as np
 import onnxruntime as ort
 
+from shared.errors import DeviceDataError
 from shared.neighbours import NeighbourIndex
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,8 @@ class Reranker(Protocol):
         ...
 
 
-class ModelLoadError(RuntimeError):
-    """The ONNX file could not be read or has the wrong inputs."""
+class ModelLoadError(RuntimeError, DeviceDataError):
+    """The ONNX file could not be read or has the wrong inputs (``from_file`` names the file)."""
 
 
 _SESSIONS: dict[str, ort.InferenceSession] = {}
@@ -65,6 +66,29 @@ def _session(data: bytes, threads: int) -> ort.InferenceSession:
     return sess
 
 
+_CHECKED: set[tuple[str, int]] = set()  # (model sha256, n_items) pairs known to be scorable
+
+
+def _check_catalogue(sess: ort.InferenceSession, data: bytes, n_items: int) -> None:
+    """Refuse a declared catalogue size the model cannot score (its embedding table is smaller).
+
+    The runtime accepts item ids up to ``n_items``; one the model cannot score would make
+    every later inference fail. One inference per distinct model and size.
+    """
+    key = (hashlib.sha256(data).hexdigest(), n_items)
+    with _SESSIONS_LOCK:
+        if key in _CHECKED:
+            return
+    try:
+        probe = np.array([[n_items]], dtype=np.int64)
+        sess.run(["scores"], {"history": probe, "candidates": probe})
+    except Exception as e:  # onnxruntime's own types; OverflowError for an absurd size
+        raise ModelLoadError(f"the model cannot score item {n_items}, the last of its declared "
+                             f"catalogue (n_items {n_items}): {str(e).strip()[:200]}") from e
+    with _SESSIONS_LOCK:
+        _CHECKED.add(key)
+
+
 class OnnxReranker:
     def __init__(self, data: bytes, max_len: int, version: str, threads: int = 1,
                  n_items: int | None = None) -> None:
@@ -74,8 +98,10 @@ class OnnxReranker:
             raise ValueError(f"n_items must be >= 1, got {n_items}")
         self.n_items = n_items  # catalogue size, when known: enables score_catalogue
         self.neighbours: NeighbourIndex | None = None  # the cloud's index released with the model
-        self._catalogue = None if n_items is None else np.arange(1, n_items + 1, dtype=np.int64)[None, :]
         self.session = _session(data, threads)
+        if n_items is not None:
+            _check_catalogue(self.session, data, n_items)
+        self._catalogue = None if n_items is None else np.arange(1, n_items + 1, dtype=np.int64)[None, :]
         self.max_len = max_len
         self.version = version
         self.size_bytes = len(data)
@@ -84,8 +110,14 @@ class OnnxReranker:
     @classmethod
     def from_file(cls, path: str | Path, max_len: int, version: str | None = None,
                   threads: int = 1, n_items: int | None = None) -> OnnxReranker:
-        data = Path(path).read_bytes()
-        return cls(data, max_len, version or hashlib.sha256(data).hexdigest()[:12], threads, n_items)
+        try:
+            data = Path(path).read_bytes()
+        except OSError as e:
+            raise ModelLoadError(f"{path}: cannot read the model ({e.strerror or e})") from e
+        try:
+            return cls(data, max_len, version or hashlib.sha256(data).hexdigest()[:12], threads, n_items)
+        except ModelLoadError as e:
+            raise ModelLoadError(f"{path}: {e}") from e
 
     def score_catalogue(self, history: np.ndarray) -> np.ndarray | None:
         """(N+1,) scores of every item id (index 0, padding, is -inf), or None if N is unknown."""

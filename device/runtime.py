@@ -2,7 +2,9 @@
 
 One :class:`DeviceRuntime` per user/device. On every behaviour event it
 
-1. appends the event to the local store (durable before anything else),
+1. appends the event to the local store (durable before anything else; an item
+   id outside the model's catalogue, ``[1, n_items]``, is refused first with a
+   ValueError and nothing is stored),
 2. learns from the choice, when the chosen item was in the list it showed:
    the per-device fusion weight (:class:`~device.fusion.AlphaLearner`) and the
    per-user vector (:class:`~device.adapt.UserAdapter`), both optional,
@@ -35,11 +37,12 @@ from typing import get_args
 import numpy as np
 
 from device.adapt import UserAdapter
+from device.catalogue import CatalogueGuard, refuse
 from device.client import CloudClient, CloudRejected, CloudUnavailable
 from device.fusion import AlphaLearner, Scale, blend, blend_lists, descending_order, normalise
 from device.policy import NeverPolicy, PolicyInput, RequestFeedback, RequestPolicy
 from device.reranker import Reranker
-from device.store import HISTORY_CACHE, CachedList, DeviceStore
+from device.store import HISTORY_CACHE, CachedList, DeviceStore, OnDamage
 from device.telemetry import FlushResult, TelemetryUploader
 from shared.agreement import (
     CATALOGUE_MEASURES,
@@ -193,7 +196,9 @@ class DeviceRuntime:
         self._last: _Scored | None = None
         self._live: _Live | None = None
         self._warned_catalogue = False
+        self._guard = CatalogueGuard(store, device_id)  # skips ids older runtimes stored unchecked
         self._load_state()
+        self._guard.must_filter(self.catalogue_size(), self._model_version())  # warns now, not later
         if self.cached is not None:
             self._rerank()
 
@@ -201,9 +206,10 @@ class DeviceRuntime:
     def open(cls, path: str | Path, reranker: Reranker | None, client: CloudClient | None,
              policy: RequestPolicy | None = None, config: RuntimeConfig | None = None,
              device_id: str | None = None, clock: Callable[[], float] = time.time,
-             neighbours: NeighbourIndex | None = None) -> DeviceRuntime:
+             neighbours: NeighbourIndex | None = None, on_damage: OnDamage = "quarantine") -> DeviceRuntime:
+        """A runtime on the store file at ``path``; ``on_damage``: see :class:`DeviceStore`."""
         window = (config or RuntimeConfig()).history_window
-        store = DeviceStore(path, history_cache=max(HISTORY_CACHE, window))
+        store = DeviceStore(path, history_cache=max(HISTORY_CACHE, window), on_damage=on_damage)
         try:
             return cls(device_id or Path(path).stem, store, reranker, client, policy, config, clock,
                        neighbours)
@@ -218,9 +224,14 @@ class DeviceRuntime:
 
     # --- the event path ---------------------------------------------------------------------
     def record(self, item_id: int, ts: float | None = None) -> Recommendation:
-        """Handle one behaviour event; returns what to show next."""
+        """Handle one behaviour event; returns what to show next.
+
+        Raises ValueError, before anything is stored or shown changes, for an item id
+        outside ``[1, n_items]`` of the model's catalogue (``[1, ...)`` when it is unknown).
+        """
         now = self.clock() if ts is None else ts
         item = int(item_id)
+        refuse(item, self.catalogue_size(), self._model_version())  # before anything is stored
         unseen = item not in self.store.seen()
         self.store.append(item_id, now)  # durable first: nothing below may lose it
         if unseen:
@@ -252,10 +263,13 @@ class DeviceRuntime:
         if self.client is None or not self.client.available():
             return False
         history = self.store.recent(self.config.history_window)
+        times = self.store.recent_times(self.config.history_window)
+        if self._guard.must_filter(self.catalogue_size(), self._model_version()):
+            keep = self._guard.mask(history)
+            history, times = history[keep], times[keep]
         if history.size == 0:
             return False
-        req = CandidatesRequest(self.device_id, history,
-                                self.store.recent_times(self.config.history_window),
+        req = CandidatesRequest(self.device_id, history, times,
                                 self.config.candidates, reason, self.config.exclude_seen,
                                 self.cached.list_id if self.cached else "")
         self.requests += 1
@@ -294,7 +308,7 @@ class DeviceRuntime:
                 chosen = last.emb[hit[0]]
             else:  # a choice from outside the list still says where the user's taste is
                 _, emb = self.reranker.score_with_embeddings(  # type: ignore[union-attr]
-                    self.store.recent(self.config.history_window), np.array([item]))
+                    self._history(), np.array([item]))
                 chosen = emb[0] if emb is not None and emb.shape[0] else None
             if chosen is not None:
                 self.adapter.update(last.raw, last.emb, chosen)
@@ -368,8 +382,21 @@ class DeviceRuntime:
                                          self.config.neighbour_decay, seen)
         return (items, scores) if items.size else None
 
+    def catalogue_size(self) -> int | None:
+        """The model's catalogue size ``n_items`` (from its release, or its neighbour index), if known."""
+        n = getattr(self.reranker, "n_items", None)
+        if n is None:
+            index = self.neighbours if self.neighbours is not None else getattr(self.reranker, "neighbours", None)
+            n = index.n_items if index is not None else None
+        return n
+
+    def _history(self) -> np.ndarray:
+        """(<=history_window,) the newest item ids the model can score, oldest first."""
+        return self._guard.usable(self.store.recent(self.config.history_window), self.catalogue_size(),
+                                  self._model_version())
+
     def _rerank(self) -> None:
-        history = self.store.recent(self.config.history_window)
+        history = self._history()
         local = None if self._list_fresh else self._local_list(history)
         if self.cached is None and local is None:
             self._shown = np.zeros(0, dtype=np.int64)
@@ -486,13 +513,19 @@ class DeviceRuntime:
     # --- learned state in the store -------------------------------------------------------------
     def _load_state(self) -> None:
         raw = self.store.get_meta("runtime_state")
-        state = json.loads(raw) if raw else {}
-        policy_state = state.get("policy", {})
-        if policy_state.get("name") == getattr(self.policy, "name", None) and hasattr(self.policy, "load_state"):
-            self.policy.load_state(policy_state["state"])
-        if self.alpha_learner is not None and "alpha" in state:
-            self.alpha_learner.load_state(state["alpha"])
-        self._adapter_state = state.get("adapter")
+        self._adapter_state = None
+        try:
+            state = json.loads(raw) if raw else {}
+            policy_state = state.get("policy", {})
+            if policy_state.get("name") == getattr(self.policy, "name", None) and hasattr(self.policy, "load_state"):
+                self.policy.load_state(policy_state["state"])
+            if self.alpha_learner is not None and "alpha" in state:
+                self.alpha_learner.load_state(state["alpha"])
+            self._adapter_state = state.get("adapter")
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            # a damaged value (not JSON, or not the shape written): the learned state starts afresh
+            log.warning("%s: stored runtime state unusable (%s: %s); starting afresh",
+                        getattr(self.store, "path", self.device_id), type(e).__name__, e)
 
     def _model_version(self) -> str:
         return str(getattr(self.reranker, "version", "") or "")

@@ -12,6 +12,15 @@ pruned (the consumed-item set keeps them from being shown again), and the
 request log and outbox keep only their newest rows. The schema is versioned
 (:mod:`device.migrations`); an old file is upgraded in place on open.
 
+A damaged file (0 bytes, not SQLite, malformed pages, a failing ``PRAGMA
+quick_check`` on open: about 4 ms at the default limits) is never silently
+replaced by an empty store: by default it is moved aside as
+``<name>.damaged-<time>``, a fresh file takes what can still be read from it
+(:mod:`device.store_recovery`), a warning names both files, and
+``store.recovery`` says what happened; ``on_damage="raise"`` raises
+:class:`StoreError` instead. Any SQLite error later is a :class:`StoreError`
+naming the file.
+
 Example::
 
     store = DeviceStore("device.sqlite")
@@ -21,24 +30,38 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Concatenate, Literal, ParamSpec, TypeVar
 
 import numpy as np
 import sqlite_utils
 
 from device.migrations import SchemaTooNew, migrate
+from device.store_recovery import (
+    Damaged,
+    StoreRecovery,
+    carry_over,
+    first_line,
+    is_damage,
+    quarantine,
+    salvage,
+)
+from shared.errors import DeviceDataError
 
 log = logging.getLogger(__name__)
 
 HISTORY_CACHE = 200  # newest events a store keeps in memory by default
 
 Durability = Literal["NORMAL", "FULL"]
+OnDamage = Literal["quarantine", "raise"]
 
 
 @dataclass(frozen=True)
@@ -80,8 +103,25 @@ class CachedList:
         return self.age(now) > self.ttl_seconds
 
 
-class StoreError(RuntimeError):
-    """The SQLite file is unusable (corrupt, newer schema, unwritable)."""
+class StoreError(RuntimeError, DeviceDataError):
+    """The SQLite file is unusable (corrupt, newer schema, unwritable); the message names it."""
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _sqlite_errors(method: Callable[Concatenate[DeviceStore, P], R]) -> Callable[Concatenate[DeviceStore, P], R]:
+    """Any SQLite error of ``method`` becomes a StoreError naming the file (no cost unless raised)."""
+
+    @functools.wraps(method)
+    def wrapper(self: DeviceStore, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:  # (SQLite's message may quote junk)
+            raise StoreError(f"{self.path}: device store unusable ({e})") from e
+
+    return wrapper
 
 
 class _Tail:
@@ -111,40 +151,110 @@ class _Tail:
 
 
 class DeviceStore:
+    """One device's SQLite file; ``on_damage`` says what opening a damaged file does.
+
+    ``"quarantine"`` (default): move it aside, start a fresh file with what could be
+    read from it, log a warning and set :attr:`recovery`; ``"raise"``: raise StoreError.
+    A file from a newer runtime is always refused (StoreError), never quarantined.
+    """
+
     def __init__(self, path: str | Path, durability: Durability = "NORMAL",
-                 history_cache: int = HISTORY_CACHE, limits: StoreLimits | None = None) -> None:
+                 history_cache: int = HISTORY_CACHE, limits: StoreLimits | None = None,
+                 on_damage: OnDamage = "quarantine") -> None:
         if durability not in ("NORMAL", "FULL"):
             raise ValueError(f"durability must be NORMAL or FULL, got {durability!r}")
+        if on_damage not in ("quarantine", "raise"):
+            raise ValueError(f"on_damage must be quarantine or raise, got {on_damage!r}")
         self.limits = limits or StoreLimits()
         self.limits.validate()
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={durability}")
-            conn.execute("PRAGMA busy_timeout=5000")  # ms; bounded wait on a locked file
-            self.db = sqlite_utils.Database(conn)
-            self.migrated_from = migrate(conn)
-        except SchemaTooNew as e:
-            conn.close()
-            raise StoreError(f"{self.path}: {e}") from e
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"{self.path}: cannot open device store: {e}") from e
-        self.conn = conn
         self.history_cache = history_cache  # the longest history recent() can return
-        self._tail = _Tail(history_cache, np.int64)
-        self._tail_ts = _Tail(history_cache, np.float64)
+        self.recovery: StoreRecovery | None = None  # set when a damaged file was replaced
+        found = self.path.stat() if self.path.is_file() else None
+        try:
+            if found is not None and found.st_size == 0:
+                # (SQLite would take it for a new, empty database: the history would vanish unseen)
+                raise Damaged("the file is empty (0 bytes)")
+            self._connect(durability, check=found is not None)  # a new file has nothing to check
+            self._load()
+        except SchemaTooNew as e:
+            self._close_quietly()
+            raise StoreError(f"{self.path}: {e}") from e
+        except (sqlite3.DatabaseError, Damaged, UnicodeDecodeError) as e:
+            self._close_quietly()
+            if on_damage == "raise" or not is_damage(e):  # a locked or unreadable file is not damaged
+                raise StoreError(f"{self.path}: cannot open device store: {e}") from e
+            self.recovery = self._recover(str(e), durability, found)
+
+    def _connect(self, durability: Durability, check: bool) -> None:
+        conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        self.conn = conn
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={durability}")
+        conn.execute("PRAGMA busy_timeout=5000")  # ms; bounded wait on a locked file
+        if check:
+            result = [str(r[0]) for r in conn.execute("PRAGMA quick_check")]
+            if result != ["ok"]:
+                raise Damaged("quick_check failed: " + first_line("\n".join(result)))
+        self.db = sqlite_utils.Database(conn)
+        self.migrated_from = migrate(conn)
+
+    def _close_quietly(self) -> None:
+        conn = getattr(self, "conn", None)
+        if conn is not None:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+
+    def _recover(self, reason: str, durability: Durability, found: os.stat_result | None) -> StoreRecovery:
+        """Move the damaged file aside, open a fresh one and carry over what can be read."""
+        now = self.path.stat() if self.path.is_file() else None
+        if found is None or now is None or (now.st_dev, now.st_ino) != (found.st_dev, found.st_ino):
+            # another process moved it aside first: never quarantine its fresh file
+            raise StoreError(f"{self.path}: damaged ({reason}) and replaced while opening; open it again")
+        try:
+            moved = quarantine(self.path)
+        except OSError as e:
+            raise StoreError(f"{self.path}: damaged ({reason}) and cannot be moved aside: {e}") from e
+        rescued = salvage(moved)
+        try:
+            self._connect(durability, check=False)
+            carry_over(self.conn, rescued)
+            self._load()
+            self._maybe_prune()
+            recovery = StoreRecovery(moved, reason, self._count, len(self._seen))
+            # the fleet's operators hear of it too (a new telemetry stream starts here)
+            self._enqueue("store_recovered", {"reason": reason[:200], "events_kept": recovery.events_kept,
+                                              "seen_kept": recovery.seen_kept}, time.time())
+        except sqlite3.DatabaseError as e:
+            self._close_quietly()
+            raise StoreError(f"{self.path}: damaged ({reason}); a fresh store cannot be made: {e}") from e
+        log.warning("%s: device store damaged (%s); moved it to %s and started a fresh store "
+                    "keeping %d events and %d consumed items", self.path, reason, moved,
+                    recovery.events_kept, recovery.seen_kept)
+        return recovery
+
+    def _load(self) -> None:
+        """Fill the in-memory caches (newest events, consumed items, count) from the file."""
+        conn = self.conn
+        self._tail = _Tail(self.history_cache, np.int64)
+        self._tail_ts = _Tail(self.history_cache, np.float64)
         rows = conn.execute(
             "SELECT item_id, ts FROM (SELECT id, item_id, ts FROM events ORDER BY id DESC LIMIT ?) "
-            "ORDER BY id", (history_cache,)).fetchall()
-        for item, ts in rows:
-            self._tail.append(int(item))
-            self._tail_ts.append(float(ts))
-        self._seen: set[int] = {int(r[0]) for r in conn.execute("SELECT item_id FROM seen_items")}
+            "ORDER BY id", (self.history_cache,)).fetchall()
+        try:
+            for item, ts in rows:
+                self._tail.append(int(item))
+                self._tail_ts.append(float(ts))
+            self._seen: set[int] = {int(r[0]) for r in conn.execute("SELECT item_id FROM seen_items")}
+        except (TypeError, ValueError, OverflowError) as e:  # a value no runtime wrote: text, NULL, huge
+            raise Damaged(f"unreadable event values ({e})") from e
         self._count = int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
 
     # --- events -------------------------------------------------------------------------------
+    @_sqlite_errors
     def append(self, item_id: int, ts: float) -> int:
         """Record one event; committed to disk before returning. Returns its row id."""
         item = int(item_id)
@@ -168,6 +278,7 @@ class DeviceStore:
         self._maybe_prune()
         return int(cur.lastrowid or 0)
 
+    @_sqlite_errors
     def append_many(self, items: np.ndarray, times: np.ndarray) -> None:
         """Record a batch of past events (e.g. history migrated onto a new device) in one transaction."""
         now = time.time()
@@ -214,12 +325,24 @@ class DeviceStore:
         """Events held in the file (after pruning)."""
         return self._count
 
+    @_sqlite_errors
+    def events_outside(self, n_items: int | None) -> int:
+        """Stored events whose item id is outside ``[1, n_items]`` (``[1, ...)`` for None); one scan."""
+        hi = n_items if n_items is not None else 2**63 - 1
+        return int(self.conn.execute("SELECT COUNT(*) FROM events WHERE item_id < 1 OR item_id > ?",
+                                     (hi,)).fetchone()[0])
+
+    @_sqlite_errors
     def events(self) -> list[tuple[int, float]]:
         """Every stored event as (item_id, ts), oldest first (reads the file, not the cache)."""
-        return [(int(i), float(t)) for i, t in
-                self.conn.execute("SELECT item_id, ts FROM events ORDER BY id")]
+        try:
+            return [(int(i), float(t)) for i, t in
+                    self.conn.execute("SELECT item_id, ts FROM events ORDER BY id")]
+        except (TypeError, ValueError) as e:  # a value no runtime wrote (text, NULL)
+            raise StoreError(f"{self.path}: unreadable event values ({e})") from e
 
     # --- candidate cache ---------------------------------------------------------------------
+    @_sqlite_errors
     def save_list(self, cached: CachedList) -> None:
         self.conn.execute(
             "INSERT OR REPLACE INTO candidates (slot, list_id, model_version, fetched_at, ttl, items, scores)"
@@ -227,17 +350,25 @@ class DeviceStore:
             (cached.list_id, cached.model_version, cached.fetched_at, cached.ttl_seconds,
              cached.items.astype("<i8").tobytes(), cached.scores.astype("<f4").tobytes()))
 
+    @_sqlite_errors
     def load_list(self) -> CachedList | None:
         row = self.conn.execute(
             "SELECT list_id, model_version, fetched_at, ttl, items, scores FROM candidates "
             "WHERE slot = 'current'").fetchone()
         if row is None:
             return None
-        return CachedList(np.frombuffer(row[4], dtype="<i8").astype(np.int64),
-                          np.frombuffer(row[5], dtype="<f4").astype(np.float32),
-                          row[0], row[1], float(row[2]), float(row[3]))
+        try:
+            items = np.frombuffer(row[4], dtype="<i8").astype(np.int64)
+            scores = np.frombuffer(row[5], dtype="<f4").astype(np.float32)
+            if items.shape != scores.shape:
+                raise ValueError(f"{items.size} items but {scores.size} scores")
+            return CachedList(items, scores, str(row[0]), str(row[1]), float(row[2]), float(row[3]))
+        except (TypeError, ValueError) as e:  # a cache: the device asks the cloud again
+            log.warning("%s: cached candidate list unreadable (%s); ignoring it", self.path, e)
+            return None
 
     # --- request log and telemetry outbox ------------------------------------------------------
+    @_sqlite_errors
     def log_request(self, ts: float, reason: str, ok: bool, latency_ms: float,
                     list_id: str = "", error: str = "") -> None:
         """Log a request locally and queue the same record for upload, in one transaction."""
@@ -256,6 +387,7 @@ class DeviceStore:
         self._trim("requests", self.limits.max_requests)
         self._trim("outbox", self.limits.max_outbox)
 
+    @_sqlite_errors
     def request_log(self) -> list[dict[str, object]]:
         return list(self.db["requests"].rows)
 
@@ -263,6 +395,7 @@ class DeviceStore:
         self.conn.execute("INSERT INTO outbox (kind, payload, created_at) VALUES (?, ?, ?)",
                           (kind, json.dumps(payload, sort_keys=True), float(ts)))
 
+    @_sqlite_errors
     def enqueue(self, kind: str, payload: dict[str, object], ts: float | None = None) -> None:
         """Queue one telemetry record (JSON-serialisable ``payload``) for upload."""
         self._enqueue(kind, payload, time.time() if ts is None else ts)
@@ -270,14 +403,25 @@ class DeviceStore:
 
     def outbox(self, limit: int = 100) -> list[tuple[int, str, dict[str, object]]]:
         """The oldest ``limit`` queued records as (id, kind, payload); they stay until :meth:`ack`."""
-        return [(i, k, json.loads(p)) for i, k, p, _ in self.pending(limit)]
+        out = []
+        for i, k, p, _ in self.pending(limit):
+            try:
+                out.append((i, k, json.loads(p)))
+            except ValueError as e:
+                raise StoreError(f"{self.path}: outbox record {i} is not JSON ({e})") from e
+        return out
 
+    @_sqlite_errors
     def pending(self, limit: int = 100) -> list[tuple[int, str, str, float]]:
         """The oldest ``limit`` queued records as stored: (id, kind, payload JSON, created_at)."""
-        rows = self.conn.execute("SELECT id, kind, payload, created_at FROM outbox ORDER BY id LIMIT ?",
-                                 (limit,))
-        return [(int(i), str(k), str(p), float(c)) for i, k, p, c in rows]
+        # As bytes, decoded leniently: one damaged record must not stall every later upload
+        # (the cloud refuses it for good and it is dropped, telemetry.py).
+        rows = self.conn.execute("SELECT id, CAST(kind AS BLOB), CAST(payload AS BLOB), created_at "
+                                 "FROM outbox ORDER BY id LIMIT ?", (limit,))
+        return [(int(i), bytes(k or b"").decode(errors="replace"), bytes(p or b"").decode(errors="replace"),
+                 float(c)) for i, k, p, c in rows]
 
+    @_sqlite_errors
     def pending_count(self) -> int:
         return int(self.conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
@@ -285,6 +429,7 @@ class DeviceStore:
         """This file's random id for its sequence of outbox ids (made by the schema migration)."""
         return self.get_meta("telemetry_stream") or ""
 
+    @_sqlite_errors
     def ack(self, ids: list[int]) -> None:
         """Delete uploaded records."""
         self.conn.executemany("DELETE FROM outbox WHERE id = ?", [(int(i),) for i in ids])
@@ -298,6 +443,7 @@ class DeviceStore:
                           "LIMIT 1 OFFSET ?)", (limit,))
 
     # --- installed models ------------------------------------------------------------------------
+    @_sqlite_errors
     def record_model(self, model: InstalledModel) -> None:
         """Remember an installed model file and make it the active one."""
         self.conn.execute("BEGIN")
@@ -311,21 +457,29 @@ class DeviceStore:
             self.conn.execute("ROLLBACK")
             raise
 
+    @_sqlite_errors
     def active_model(self) -> InstalledModel | None:
         row = self.conn.execute("SELECT version, path, sha256, max_len, installed_at FROM models "
                                 "WHERE active = 1").fetchone()
         return InstalledModel(row[0], row[1], row[2], int(row[3]), float(row[4])) if row else None
 
     # --- metadata --------------------------------------------------------------------------------
+    @_sqlite_errors
     def get_meta(self, key: str, default: str | None = None) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else default
 
+    @_sqlite_errors
     def set_meta(self, key: str, value: str) -> None:
         self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     def integrity_ok(self) -> bool:
-        return self.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        """Whether SQLite's full integrity check passes; False (not an error) on a damaged file."""
+        try:
+            return [str(r[0]) for r in self.conn.execute("PRAGMA integrity_check")] == ["ok"]
+        except sqlite3.DatabaseError as e:
+            log.warning("%s: integrity check failed (%s)", self.path, e)
+            return False
 
     def close(self) -> None:
         self.conn.close()

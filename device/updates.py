@@ -19,6 +19,11 @@ file ``INSTALLED.json`` that is replaced atomically, so a crash leaves either
 the old model or the new one, never a mix. :class:`ModelUpdater` swaps the
 runtime's reranker between events; any failure keeps the current model.
 
+What is installed is read back with the same suspicion: :func:`load_installed`
+returns None, with a warning naming the file, for a pointer that is not JSON,
+lacks keys or names a missing file, for a model file whose digest or ONNX is
+damaged; the device then fetches a model again as if it had none.
+
 Example::
 
     keys = load_trusted_keys(["signing.pub.pem"])
@@ -33,8 +38,6 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,55 +45,30 @@ from device.client import CloudClient, CloudRejected, CloudUnavailable
 from device.reranker import ModelLoadError, OnnxReranker
 from device.store import InstalledModel
 from shared.contract import DeviceModel
+from shared.errors import DeviceDataError
 from shared.fileio import write_atomic
 from shared.neighbours import NeighbourIndex, NeighbourIndexError
+from shared.signatures import SignatureError, TrustedKeys, check_signature
+from shared.signatures import load_trusted_keys as load_trusted_keys  # part of this module's API
 
 log = logging.getLogger(__name__)
 
 POINTER = "INSTALLED.json"
 
 
-class ModelRejected(RuntimeError):
+class ModelRejected(RuntimeError, DeviceDataError):
     """The delivered model failed verification; the device keeps its current model."""
 
 
-@dataclass(frozen=True)
-class TrustedKeys:
-    """Ed25519 public keys the device accepts releases from, by key id."""
-
-    keys: dict[str, Any] = field(default_factory=dict)
-
-    def __bool__(self) -> bool:
-        return bool(self.keys)
-
-
-def load_trusted_keys(paths: Iterable[str | Path]) -> TrustedKeys:
-    """Public keys (PEM, as ``dcrec cloud keygen`` writes them) the device will trust."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    keys: dict[str, Any] = {}
-    for p in paths:
-        key = serialization.load_pem_public_key(Path(p).read_bytes())
-        if not isinstance(key, Ed25519PublicKey):
-            raise ValueError(f"{p}: not an Ed25519 public key")
-        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        keys[hashlib.sha256(raw).hexdigest()[:16]] = key
-    return TrustedKeys(keys)
+class _Unusable(Exception):
+    """What ``INSTALLED.json`` points at cannot be served (the message says why)."""
 
 
 def _check_signature(model: DeviceModel, trusted: TrustedKeys) -> None:
-    from cryptography.exceptions import InvalidSignature
-
-    if not model.manifest or not model.signature:
-        raise ModelRejected(f"model {model.version}: unsigned, and this device requires signatures")
-    key = trusted.keys.get(model.key_id)
-    if key is None:
-        raise ModelRejected(f"model {model.version}: signed by unknown key {model.key_id[:16]!r}")
     try:
-        key.verify(model.signature, model.manifest)
-    except InvalidSignature as e:
-        raise ModelRejected(f"model {model.version}: bad signature") from e
+        check_signature(model, trusted)  # the same check the server makes before serving
+    except SignatureError as e:
+        raise ModelRejected(str(e)) from e
 
 
 def verify(model: DeviceModel, trusted: TrustedKeys | None = None,
@@ -153,30 +131,41 @@ def _read_pointer(model_dir: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        pointer = json.loads(path.read_text())
-        return pointer if isinstance(pointer, dict) else None
-    except (OSError, ValueError):
-        log.warning("%s is unreadable; treating the device as having no model", path)
+        pointer = json.loads(path.read_bytes())
+    except (OSError, ValueError) as e:
+        log.warning("%s is unreadable (%s); treating the device as having no model", path, e)
         return None
+    if not isinstance(pointer, dict):
+        log.warning("%s holds a JSON %s, not an object; treating the device as having no model",
+                    path, type(pointer).__name__)
+        return None
+    return pointer
 
 
 def installed_sequence(model_dir: str | Path) -> int:
     """The release sequence of the installed model, 0 when there is none."""
     pointer = _read_pointer(Path(model_dir))
-    return int(pointer.get("sequence", 0)) if pointer else 0
+    seq = pointer.get("sequence", 0) if pointer else 0
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) and seq > 0 else 0
 
 
 def install(model: DeviceModel, model_dir: str | Path, threads: int = 1,
-            trusted: TrustedKeys | None = None) -> OnnxReranker:
-    """Verify, load and persist ``model``; raises ModelRejected and leaves the old model alone."""
+            trusted: TrustedKeys | None = None, reinstall: bool = False) -> OnnxReranker:
+    """Verify, load and persist ``model``; raises ModelRejected and leaves the old model alone.
+
+    ``reinstall``: the installed model is unusable (:func:`load_installed` gave None), so
+    the installed release itself may come again; anything older is still refused.
+    """
     d = Path(model_dir)
-    config = verify(model, trusted, installed_sequence(d))
+    floor = installed_sequence(d)
+    config = verify(model, trusted, max(floor - 1, 0) if reinstall else floor)
+    index = _neighbour_index(model, config)  # (its checks are cheaper than loading the model)
     try:
         reranker = OnnxReranker(model.onnx, int(config["max_len"]), model.version, threads,
                                 _n_items(config))
     except ModelLoadError as e:
         raise ModelRejected(f"model {model.version}: {e}") from e
-    reranker.neighbours = _neighbour_index(model, config)
+    reranker.neighbours = index
     d.mkdir(parents=True, exist_ok=True)
     name = f"model-{model.sequence}-{model.sha256[:12]}.onnx"
     write_atomic(d / name, model.onnx)
@@ -188,8 +177,9 @@ def install(model: DeviceModel, model_dir: str | Path, threads: int = 1,
         write_atomic(d / pointer["neighbours_file"], model.neighbours)
     write_atomic(d / POINTER, json.dumps(pointer, indent=2).encode())
     for key in ("file", "neighbours_file"):
-        if old and old.get(key) not in (None, pointer.get(key)):
-            (d / str(old[key])).unlink(missing_ok=True)
+        name = old.get(key) if old else None
+        if isinstance(name, str) and name and name != pointer.get(key) and Path(name).name == name:
+            (d / name).unlink(missing_ok=True)  # (only a file of this folder, whatever the old pointer says)
     return reranker
 
 
@@ -199,28 +189,61 @@ def _n_items(config: dict) -> int | None:  # type: ignore[type-arg]
     return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else None
 
 
+def _file_name(value: object) -> str:
+    """A file name the pointer gives, refused unless it names a file in the model folder itself."""
+    if not isinstance(value, str) or not value or Path(value).name != value:
+        raise _Unusable(f"names no model file in its folder ({value!r})")
+    return value
+
+
+def _from_pointer(d: Path, pointer: dict[str, Any], threads: int) -> OnnxReranker:
+    """The reranker ``pointer`` (INSTALLED.json) describes; raises _Unusable, OSError, ModelLoadError."""
+    name = _file_name(pointer.get("file"))
+    version, sha, max_len = pointer.get("version"), pointer.get("sha256"), pointer.get("max_len")
+    config = pointer.get("config", {})
+    if not isinstance(version, str) or not isinstance(sha, str):
+        raise _Unusable("lacks the model's version or sha256")
+    if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 1:
+        raise _Unusable(f"max_len {max_len!r} is not a positive integer")
+    if not isinstance(config, dict):
+        raise _Unusable(f"config is a JSON {type(config).__name__}, not an object")
+    data = (d / name).read_bytes()
+    got = hashlib.sha256(data).hexdigest()
+    if got != sha:
+        raise _Unusable(f"{name} is damaged (sha256 {got[:12]}, installed as {sha[:12]})")
+    reranker = OnnxReranker(data, max_len, version, threads, _n_items(config))
+    if pointer.get("neighbours_file"):
+        try:
+            index_file = d / _file_name(pointer["neighbours_file"])
+            reranker.neighbours = NeighbourIndex.load(index_file,
+                                                      sha256=str(config.get("neighbours_sha256", "")))
+        except (NeighbourIndexError, _Unusable) as e:  # the model still serves, without local lists
+            log.warning("%s: installed neighbour index unusable (%s); running without it", d, e)
+    return reranker
+
+
 def load_installed(model_dir: str | Path, threads: int = 1) -> OnnxReranker | None:
-    """The model installed earlier in ``model_dir`` (digest re-checked), or None."""
+    """The model installed earlier in ``model_dir`` (digest re-checked), or None.
+
+    None also, with a warning naming the file and the problem, when what is installed
+    cannot be served (damaged or missing model file, a pointer lacking keys or not JSON):
+    :func:`update` then fetches a model as for a device that never had one.
+    """
     d = Path(model_dir)
     pointer = _read_pointer(d)
-    if pointer is not None:
-        data = (d / str(pointer["file"])).read_bytes()
-        if hashlib.sha256(data).hexdigest() != pointer["sha256"]:
-            log.warning("%s: installed model file is damaged; ignoring it", d)
-            return None
-        reranker = OnnxReranker(data, int(pointer["max_len"]), str(pointer["version"]), threads,
-                                _n_items(pointer.get("config") or {}))
-        if pointer.get("neighbours_file"):
-            try:
-                reranker.neighbours = NeighbourIndex.load(
-                    d / str(pointer["neighbours_file"]),
-                    sha256=str((pointer.get("config") or {}).get("neighbours_sha256", "")))
-            except NeighbourIndexError as e:  # the model still serves, without local lists
-                log.warning("%s: installed neighbour index unusable (%s); running without it", d, e)
-        return reranker
-    if (d / "VERSION").is_file() and (d / "model.onnx").is_file():  # layout of older runtimes
-        version, max_len = (d / "VERSION").read_text().split()[:2]
-        return OnnxReranker.from_file(d / "model.onnx", int(max_len), version, threads)
+    where = d / (POINTER if pointer is not None else "VERSION")
+    try:
+        if pointer is not None:
+            return _from_pointer(d, pointer, threads)
+        if (d / "VERSION").is_file() and (d / "model.onnx").is_file():  # layout of older runtimes
+            fields = (d / "VERSION").read_text().split()
+            if len(fields) < 2 or not fields[1].isdigit() or int(fields[1]) < 1:
+                raise _Unusable(f"VERSION holds {fields[:2]!r}, not a version and a max_len")
+            return OnnxReranker.from_file(d / "model.onnx", int(fields[1]), fields[0], threads)
+    except (_Unusable, ModelLoadError) as e:
+        log.warning("%s: installed model unusable (%s); ignoring it", where, e)
+    except (OSError, ValueError) as e:  # ValueError: undecodable VERSION, a NUL in a file name
+        log.warning("%s: installed model unreadable (%s); ignoring it", where, e)
     return None
 
 
@@ -241,9 +264,13 @@ def update(client: CloudClient, device_id: str, model_dir: str | Path,
     if model is None:
         return current
     try:
-        return install(model, model_dir, threads, trusted)
+        return install(model, model_dir, threads, trusted, reinstall=current is None)
     except ModelRejected as e:
         log.warning("%s: %s; keeping %s", device_id, e, current.version if current else "no model")
+        return current
+    except OSError as e:  # the release was sound but could not be written (disk full, permissions)
+        log.warning("%s: model %s not installed (%s); keeping %s", device_id, model.version, e,
+                    current.version if current else "no model")
         return current
 
 

@@ -36,13 +36,20 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.errors import DeviceDataError
 from shared.fileio import write_atomic
 
 FORMAT = 1
 
 
-class NeighbourIndexError(ValueError):
-    """The file is not a usable neighbour index (wrong format, shape, ids or values)."""
+class NeighbourIndexError(ValueError, DeviceDataError):
+    """The file is not a usable neighbour index (not an npz, wrong format, shape, ids or values)."""
+
+
+def _why(e: BaseException) -> str:
+    """One line for an error from zipfile/numpy/json: the type and the first line of its text."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
 @dataclass(frozen=True)
@@ -133,6 +140,10 @@ class NeighbourIndex:
 
     @classmethod
     def from_bytes(cls, data: bytes, what: str = "neighbour index") -> NeighbourIndex:
+        """Parse an index file's bytes; any damage is a NeighbourIndexError naming ``what``."""
+        if not data.startswith(b"PK"):  # (np.load would take other bytes for a .npy or a pickle)
+            raise NeighbourIndexError(f"{what}: not a neighbour index file (not an npz archive, "
+                                      f"{len(data)} bytes)")
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 missing = {"items", "scores", "meta"} - set(z.files)
@@ -142,17 +153,19 @@ class NeighbourIndex:
                 items, scores = z["items"], z["scores"]
         except NeighbourIndexError:
             raise
-        except (OSError, ValueError, KeyError, UnicodeDecodeError) as e:  # not an npz, bad JSON
-            raise NeighbourIndexError(f"{what}: not a neighbour index file ({e})") from e
+        except Exception as e:  # zipfile, zlib, numpy and json raise a dozen unrelated types on damage
+            raise NeighbourIndexError(f"{what}: not a neighbour index file ({_why(e)})") from e
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise NeighbourIndexError(f"{what}: format {meta.get('format') if isinstance(meta, dict) else meta!r}"
                                       f" is not {FORMAT}")
         if items.dtype.kind not in "iu" or scores.dtype.kind != "f":
             raise NeighbourIndexError(f"{what}: items must be integers and scores floats, got "
                                       f"{items.dtype} and {scores.dtype}")
-        if items.shape != (int(meta.get("n_items", -2)) + 1, int(meta.get("neighbours", -1))):
+        n, k = meta.get("n_items"), meta.get("neighbours")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (n, k)) \
+                or items.shape != (n + 1, k):
             raise NeighbourIndexError(f"{what}: arrays {items.shape} do not match the declared "
-                                      f"{meta.get('n_items')} items x {meta.get('neighbours')} neighbours")
+                                      f"{n!r} items x {k!r} neighbours")
         try:
             return cls(items, scores, str(meta.get("cloud_version", "")))
         except NeighbourIndexError as e:
@@ -164,8 +177,9 @@ class NeighbourIndex:
         path = Path(path)
         try:
             data = path.read_bytes()
-        except OSError as e:
-            raise NeighbourIndexError(f"{path}: cannot read the neighbour index ({e.strerror or e})") from e
+        except (OSError, ValueError) as e:  # ValueError: a path with a NUL byte
+            why = e.strerror if isinstance(e, OSError) and e.strerror else e
+            raise NeighbourIndexError(f"{path}: cannot read the neighbour index ({why})") from e
         if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
             raise NeighbourIndexError(f"{path}: sha256 does not match the announced {sha256[:12]}")
         return cls.from_bytes(data, str(path))

@@ -93,7 +93,7 @@ def test_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "d.sqlite"
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(StoreError, match="cannot open"):
-        DeviceStore(path)
+        DeviceStore(path, on_damage="raise")  # (the default moves it aside: test_hostile_files)
     assert path.read_bytes().startswith(b"this is not")  # nothing overwritten
 
 
