@@ -97,7 +97,18 @@ def cmd_cloud_serve(ns: argparse.Namespace) -> int:
         from cloud.signing import Signer
 
         signer = Signer.from_file(ns.signing_key)
-    registry = ModelRegistry(ns.registry, signer) if ns.registry else None
+    trusted = None
+    if ns.trusted_key:
+        from shared.signatures import load_trusted_keys
+
+        if not ns.registry:
+            raise ValueError("--trusted-key checks device-model releases: give --registry too")
+        trusted = load_trusted_keys(ns.trusted_key)
+    # With a signing key or trusted keys, a release is served only once its signature verifies.
+    registry = ModelRegistry(ns.registry, signer, trusted) if ns.registry else None
+    if registry is not None and registry.trusted is None and not ns.insecure:
+        print("warning: device-model releases are served without checking their signatures "
+              "(give --trusted-key or --signing-key)", file=sys.stderr, flush=True)
     authority = None
     if ns.auth_secret:
         from cloud.auth import TokenAuthority
@@ -151,6 +162,18 @@ def _levels(ns: argparse.Namespace) -> tuple[int, ...]:
     if ns.levels:
         return tuple(int(x) for x in ns.levels.split(","))
     return tuple(sorted({c for c in (1, 8, ns.clients) if c <= ns.clients}))
+
+
+def cmd_cloud_bench_hostile(ns: argparse.Namespace) -> int:
+    from cloud.bench_hostile import HostileConfig, markdown, run
+
+    cfg = HostileConfig(model_dir=Path(ns.model_dir), records=ns.records, clients=ns.clients,
+                        duration_s=ns.duration, warmup_s=ns.warmup, rounds=ns.rounds,
+                        workers=ns.workers, out_dir=Path(ns.out) if ns.out else None)
+    result = run(cfg, say=lambda s: print(s, file=sys.stderr, flush=True))
+    print(markdown(result))
+    print(f"\nrows and settings: {result['config']['out_dir']}/bench-hostile.json")
+    return 0
 
 
 def cmd_cloud_bench_serving(ns: argparse.Namespace) -> int:
@@ -283,7 +306,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--model-dir", help="the cloud model (or use --cloud-registry)")
     q.add_argument("--cloud-registry", help="cloud-model registry folder; serves its live version")
     q.add_argument("--registry", help="device-model registry folder")
-    q.add_argument("--signing-key", help="Ed25519 private key (PEM) that signs device-model releases")
+    q.add_argument("--signing-key", help="Ed25519 private key (PEM) that signs device-model "
+                                          "releases; its public key also verifies them before serving")
+    q.add_argument("--trusted-key", action="append", default=[], metavar="PUB_PEM",
+                   help="Ed25519 public key (PEM, e.g. signing.pub.pem) a device-model release must "
+                        "be signed by before it is served; repeat for several")
     q.add_argument("--address", default="127.0.0.1:50051", help="host:port; port 0 picks a free one")
     q.add_argument("--ready-file", help="write the bound port here once serving")
     q.add_argument("--http-address", help="operator HTTP (health, metrics, registry, dashboard), host:port")
@@ -345,6 +372,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--dataset", help="send real LOO histories of this data set (default: random)")
     q.add_argument("--out", help="folder for server logs and bench-serving.json")
     q.set_defaults(fn=cmd_cloud_bench_serving)
+    q = cloud.add_parser("bench-hostile",
+                         help="/metrics and serving p99 with and without a flood of hostile telemetry")
+    q.add_argument("--model-dir", required=True)
+    q.add_argument("--records", type=int, default=200_000, help="hostile records from one device")
+    q.add_argument("--clients", type=int, default=64, help="closed-loop serving clients")
+    q.add_argument("--duration", type=float, default=15.0, help="measured seconds per cell")
+    q.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per cell")
+    q.add_argument("--rounds", type=int, default=3, help="interleaved repetitions (medians)")
+    q.add_argument("--workers", type=int, default=64, help="handler threads of both servers")
+    q.add_argument("--out", help="folder for server logs and bench-hostile.json")
+    q.set_defaults(fn=cmd_cloud_bench_hostile)
     q = cloud.add_parser("publish", help="publish an ONNX device model to the registry")
     q.add_argument("--registry", required=True)
     q.add_argument("--model", required=True)

@@ -11,6 +11,9 @@ Run by :mod:`cloud.bench_serving`; by hand::
 
 prints one JSON object: ``ok``, ``errors`` (by status code), ``seconds``,
 ``throughput`` (OK answers per second), ``p50_ms``, ``p99_ms``, ``mean_ms``.
+
+:func:`flood_telemetry` is the hostile client of :mod:`cloud.bench_hostile`:
+one device uploading records whose reasons and kinds are all distinct.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import time
 from collections import Counter
 from pathlib import Path
@@ -27,6 +31,8 @@ import numpy as np
 
 from shared.proto.dcrec.v1 import recommend_pb2 as pb
 from shared.proto.dcrec.v1 import recommend_pb2_grpc as pb_grpc
+
+TELEMETRY_BATCH = 500  # records per ReportTelemetry call: the server's per-call maximum
 
 
 def save_histories(path: Path, histories: list[np.ndarray]) -> None:
@@ -99,6 +105,33 @@ def run(address: str, histories: list[np.ndarray], clients: int, duration_s: flo
         raise ValueError("clients must be >= 1, duration > 0 and warmup >= 0")
     requests = build_requests(histories, count)
     return asyncio.run(_run(address, requests, clients, duration_s, warmup_s, deadline_s))
+
+
+def flood_telemetry(address: str, records: int, start: int = 1, seed: int = 0,
+          device_id: str = "hostile-1") -> int:
+    """Upload ``records`` request records, each with a fresh reason and every other batch a
+    fresh kind, from one device; returns how many the server acknowledged."""
+    rng = random.Random(seed)
+    acked = 0
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        seq = start
+        end = start + records
+        n = 0
+        while seq < end:
+            batch = []
+            for s in range(seq, min(seq + TELEMETRY_BATCH, end)):
+                payload = json.dumps({"reason": f"r{rng.getrandbits(48):x}", "ok": True,
+                                      "latency_ms": 1.0})
+                kind = "request" if n % 2 == 0 else f"k{rng.getrandbits(48):x}"
+                batch.append(pb.TelemetryRecord(sequence=s, kind=kind, payload_json=payload,
+                                                created_at=1.0))
+            resp = stub.ReportTelemetry(pb.ReportTelemetryRequest(
+                device_id=device_id, stream="flood", records=batch), timeout=30)
+            acked += len(resp.acked)
+            seq += len(batch)
+            n += 1
+    return acked
 
 
 def main(argv: list[str] | None = None) -> int:

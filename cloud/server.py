@@ -60,7 +60,7 @@ from cloud.device_telemetry import TelemetryConfig, TelemetryItem, TelemetrySink
 from cloud.events import DeviceEventLog
 from cloud.interceptors import ErrorInterceptor, LimiterInterceptor, TelemetryInterceptor
 from cloud.metrics import Telemetry
-from cloud.registry import ModelRegistry, RegistryError
+from cloud.registry import ModelRegistry, RegistryError, ReleaseRefused
 from cloud.service import CandidateService, InvalidRequest
 from shared.contract import CandidatesRequest, CandidatesResponse
 from shared.convert import model_to_pb, request_from_pb, response_to_pb
@@ -74,6 +74,8 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = "dcrec.v1.Recommender"
 REPLICA_KEY = "dcrec-replica"  # trailing metadata naming the server instance that answered
+SPARE_THREADS = 4  # threads beyond the admitted calls: refusals never wait behind slow calls
+TRANSPORT_CAP = 4  # gRPC core drops messages over this many times max_request_bytes, uncounted
 
 
 @dataclass(frozen=True)
@@ -97,15 +99,21 @@ class ServerConfig:
     max_message_bytes: int = 64 * 1024 * 1024  # largest response: device models travel in one
     max_request_bytes: int = 1024 * 1024  # largest request; a 200-event request is ~4 KB
     max_inflight: int = 0  # calls handled at once before shedding; 0 = max_workers
+    # Calls waiting for a thread beyond which gRPC core itself refuses (still counted); the
+    # limiter's refusals are answered by spare threads, so this bound is reached only in a flood.
+    max_queued: int = 256
     grace_s: float = 5.0  # how long in-flight calls may finish on shutdown
+    # On shutdown, health answers NOT_SERVING and new calls UNAVAILABLE for at least this long
+    # (within the grace) before the port closes, so load balancers and clients move away.
+    drain_s: float = 0.5
     tls: TlsConfig | None = None
     insecure: bool = False  # plaintext allowed; development only, must be asked for
     auth_required: bool = False  # refuse to run without a token authority
     batching: BatchConfig | None = None  # None: each GetCandidates calls the generator alone
 
     def validate(self) -> None:
-        if self.max_workers < 1 or self.max_inflight < 0:
-            raise ValueError("max_workers must be >= 1 and max_inflight >= 0")
+        if self.max_workers < 1 or self.max_inflight < 0 or self.max_queued < 0:
+            raise ValueError("max_workers must be >= 1, max_inflight and max_queued >= 0")
         if self.batching is not None:
             self.batching.validate()
             if self.inflight_limit < self.batching.max_batch_size:
@@ -115,8 +123,8 @@ class ServerConfig:
                     f"({self.batching.max_batch_size}), got {self.inflight_limit}")
         if self.max_request_bytes < 1024:
             raise ValueError("max_request_bytes must be >= 1024")
-        if self.grace_s < 0:
-            raise ValueError("grace_s must be >= 0")
+        if self.grace_s < 0 or self.drain_s < 0:
+            raise ValueError("grace_s and drain_s must be >= 0")
         if self.tls is None and not self.insecure:
             raise ValueError("no TLS certificate configured: give one, or ask for a plaintext "
                              "development server explicitly (insecure)")
@@ -124,6 +132,11 @@ class ServerConfig:
     @property
     def inflight_limit(self) -> int:
         return self.max_inflight or self.max_workers
+
+    @property
+    def threads(self) -> int:
+        """Handler threads: one per admitted call, plus spares that answer refusals at once."""
+        return max(self.max_workers, self.inflight_limit) + SPARE_THREADS
 
 
 class RecommenderServicer(pb_grpc.RecommenderServicer):
@@ -135,11 +148,12 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                  sink: TelemetrySink | None = None) -> None:
         self.service = service
         self.registry = registry
-        self.telemetry = telemetry or Telemetry()
-        self.events = events or DeviceEventLog()
+        # ``is None``, not ``or``: an empty DeviceEventLog is falsy (it has a __len__).
+        self.telemetry = Telemetry() if telemetry is None else telemetry
+        self.events = DeviceEventLog() if events is None else events
         self.batcher = batcher
         self.replica = replica or uuid.uuid4().hex[:12]
-        self.sink = sink or TelemetrySink(self.telemetry)
+        self.sink = TelemetrySink(self.telemetry) if sink is None else sink
 
     @staticmethod
     def _device_id(claimed: str, context: grpc.ServicerContext) -> str:
@@ -217,7 +231,13 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, "this server hands out no device models")
         try:
             model = self.registry.current()
-        except (RegistryError, OSError, ValueError):
+        except ReleaseRefused as e:  # tampered or unsigned: never hand its bytes out
+            log.error("not serving the device model: %s", e)
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        except RegistryError as e:  # torn or missing files; the message names them (log only)
+            log.error("device model registry is unreadable: %s", e)
+            context.abort(grpc.StatusCode.UNAVAILABLE, "device model registry unavailable")
+        except (OSError, ValueError):
             log.exception("device model registry is unreadable")
             context.abort(grpc.StatusCode.UNAVAILABLE, "device model registry unavailable")
         if model is None:
@@ -254,9 +274,21 @@ class CloudServer:
         return not self.limiter.draining.is_set()
 
     def stop(self, grace_s: float | None = None) -> None:
-        """Refuse new calls, turn health NOT_SERVING, let in-flight calls finish within the grace."""
+        """Refuse new calls, turn health NOT_SERVING, let in-flight calls finish within the grace.
+
+        While in-flight calls finish (and for at least ``drain_s``, within the grace) the
+        port stays open: new calls get ``UNAVAILABLE`` and health ``NOT_SERVING``, answers
+        a client can act on, rather than a refused connection or ``CANCELLED``.
+        """
+        grace = self.config.grace_s if grace_s is None else grace_s
         self.limiter.draining.set()
-        shutdown(self.server, self.health, self.config.grace_s if grace_s is None else grace_s)
+        self.health.enter_graceful_shutdown()
+        start = time.monotonic()
+        linger = min(self.config.drain_s, grace)
+        while time.monotonic() - start < grace and (
+                self.limiter.inflight > 0 or time.monotonic() - start < linger):
+            time.sleep(0.01)
+        shutdown(self.server, self.health, max(0.0, grace - (time.monotonic() - start)))
         if self.batcher is not None:  # after the server: calls in their grace still get batched
             self.batcher.close()
         self.servicer.sink.close()
@@ -267,25 +299,30 @@ def build_server(address: str, service: CandidateService, registry: ModelRegistr
                  telemetry: Telemetry | None = None, events: DeviceEventLog | None = None,
                  device_telemetry: TelemetryConfig | None = None) -> CloudServer:
     """Bind a server on ``address`` with auth, limits and telemetry in place."""
-    config = config or ServerConfig(insecure=True)
+    config = ServerConfig(insecure=True) if config is None else config
     config.validate()
     if config.auth_required and authority is None:
         raise ValueError("device tokens are required but no auth secret is configured")
-    telemetry = telemetry or Telemetry()
-    limiter = LimiterInterceptor(config.inflight_limit)
-    interceptors: list[grpc.ServerInterceptor] = [TelemetryInterceptor(telemetry), limiter]
+    telemetry = Telemetry() if telemetry is None else telemetry
+    limiter = LimiterInterceptor(config.inflight_limit, telemetry=telemetry)
+    counting = TelemetryInterceptor(telemetry, config.max_request_bytes)
+    interceptors: list[grpc.ServerInterceptor] = [counting, limiter]
     if authority is not None:
         interceptors.append(AuthInterceptor(authority))
     interceptors.append(ErrorInterceptor())
     opts = [
-        ("grpc.max_receive_message_length", config.max_request_bytes),
+        # The limit itself is checked (and counted) by the TelemetryInterceptor; gRPC core
+        # only drops what is far over it, before reading it all into memory.
+        ("grpc.max_receive_message_length", TRANSPORT_CAP * config.max_request_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 1),
     ]
-    # Calls beyond this wait in no queue: gRPC answers RESOURCE_EXHAUSTED before a thread is taken.
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers),
+    # Beyond threads + max_queued calls gRPC core answers RESOURCE_EXHAUSTED itself (counted by
+    # the TelemetryInterceptor, which watches the same bound).
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.threads),
                          interceptors=interceptors, options=opts,
-                         maximum_concurrent_rpcs=config.inflight_limit + config.max_workers)
+                         maximum_concurrent_rpcs=config.threads + config.max_queued)
+    counting.bind(server)
     batcher = None
     if config.batching is not None:
         answer = partial(service.answer_batch, on_call=telemetry.observe_batch, validated=True)
@@ -338,6 +375,12 @@ def serve(address: str, service: CandidateService, registry: ModelRegistry | Non
     config = config or ServerConfig(insecure=True)
     cs = build_server(address, service, registry, config, authority,
                       device_telemetry=device_telemetry)
+    if cloud_registry is not None:  # the cloud model's release number, as a promote would set it
+        try:
+            cs.telemetry.set_model("cloud", service.generator.version,
+                                   cloud_registry.current_sequence())  # type: ignore[attr-defined]
+        except (RegistryError, OSError, ValueError) as e:
+            log.warning("cloud model registry unreadable at start-up: %s", e)
     http_server = None
     if http is not None:
         from cloud.http.app import OpsState

@@ -82,7 +82,7 @@ def call(cs: CloudServer, token: str | None, device_id: str = "", method: str = 
             pb.Event(item_id=i, timestamp=float(i)) for i in (3, 4, 5)])
         return stub.GetCandidates(req, timeout=5, metadata=md)
     if method == "ReportTelemetry":
-        rec = pb.TelemetryRecord(sequence=1, kind="request", payload_json='{"reason": "expired"}',
+        rec = pb.TelemetryRecord(sequence=1, kind="request", payload_json='{"reason": "expired", "ok": true}',
                                  created_at=1.0)
         return stub.ReportTelemetry(pb.ReportTelemetryRequest(device_id=device_id, stream="s",
                                                               records=[rec]), timeout=5, metadata=md)

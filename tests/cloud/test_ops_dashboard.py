@@ -1,4 +1,4 @@
-"""The fleet page in headless Chromium: its own JS fetches live data and draws the charts."""
+"""The fleet page and the API docs in headless Chromium, offline and under the server's CSP."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import pytest
 
 from cloud.auth import TokenAuthority
 from cloud.backends import load_generator
+from cloud.events import DeviceEventLog
 from cloud.http.app import OpsState
 from cloud.http.runner import HttpConfig, HttpServer
+from cloud.metrics import Telemetry
 from cloud.registry import ModelRegistry
 from cloud.server import build_server
 from cloud.service import CandidateService
@@ -27,11 +29,19 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
 
 
 def chromium(tmp_path: Path, url: str, *args: str) -> str:
+    return chromium_console(tmp_path, url, *args)[0]
+
+
+def chromium_console(tmp_path: Path, url: str, *args: str) -> tuple[str, list[str]]:
+    """What chromium printed, and the page's console messages (CSP violations show there)."""
     assert CHROMIUM is not None
     out = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                          "--enable-logging=stderr", "--v=0",
+                          # offline: any host but this one fails to resolve
+                          "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
                           "--virtual-time-budget=8000", *args, url],
                          capture_output=True, text=True, timeout=90)
-    return out.stdout
+    return out.stdout, [line for line in out.stderr.splitlines() if ":CONSOLE" in line]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
@@ -58,8 +68,9 @@ def test_fleet_page_shows_live_traffic(tmp_path: Path, cloud_model_dir: Path,
         phone.close()
         operator = auth.issue("alice", 600, "operator")
         base = f"http://127.0.0.1:{http.port}/dashboard"
-        dom = chromium(tmp_path, f"{base}#token={operator}", "--dump-dom")
+        dom, console = chromium_console(tmp_path, f"{base}#token={operator}", "--dump-dom")
         assert 'data-loaded="1"' in dom, dom[:2000]  # the page's own script ran to the end
+        assert not [m for m in console if "Content Security Policy" in m], console  # runs under the CSP
         assert re.search(r'id="total-requests"[^>]*>8<', dom)  # 7 GetCandidates + 1 upload: RPCs
         assert re.search(r'id="devices"[^>]*>3<', dom)
         assert re.search(r'id="error-rate"[^>]*>0.0 %<', dom)
@@ -82,3 +93,20 @@ def test_fleet_page_shows_live_traffic(tmp_path: Path, cloud_model_dir: Path,
     finally:
         http.stop()
         cs.server.stop(0)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_api_docs_render_offline_under_the_csp(tmp_path: Path, cloud_model_dir: Path,
+                                               registry_dir: Path) -> None:
+    service = CandidateService(load_generator(cloud_model_dir))
+    state = OpsState(service=service, telemetry=Telemetry(), events=DeviceEventLog(),
+                     device_registry=ModelRegistry(registry_dir))
+    http = HttpServer(state, HttpConfig("127.0.0.1:0")).start()
+    try:
+        dom, console = chromium_console(tmp_path, f"http://127.0.0.1:{http.port}/docs", "--dump-dom")
+    finally:
+        http.stop()
+    assert 'data-loaded="1"' in dom, dom[:2000]  # Swagger UI fetched /openapi.json and rendered
+    paths = set(re.findall(r'data-path="([^"]+)"', dom))
+    assert {"/healthz", "/api/models", "/api/models/{kind}/promote"} <= paths, paths
+    assert not [m for m in console if "Content Security Policy" in m or "Failed to load" in m], console

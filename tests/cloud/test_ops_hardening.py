@@ -70,25 +70,32 @@ def healthy(channel: grpc.Channel) -> bool:
     return ok.status == health_pb2.HealthCheckResponse.SERVING and len(served.item_ids) == 20
 
 
-def test_garbage_bytes_get_internal_and_server_stays_healthy(make_server) -> None:  # type: ignore[no-untyped-def]
-    _, channel = make_server()
+def test_garbage_bytes_are_refused_counted_and_server_stays_healthy(make_server) -> None:  # type: ignore[no-untyped-def]
+    cs, channel = make_server()
     raw = channel.unary_unary("/dcrec.v1.Recommender/GetCandidates",
                               request_serializer=lambda b: b, response_deserializer=lambda b: b)
     for junk in [b"\xff\xff\xff\xff", b"\x0a\xff\xff\xff\xff\x0f", bytes(range(256)) * 4]:
         with pytest.raises(grpc.RpcError) as e:
             raw(junk, timeout=5)
-        assert e.value.code() == grpc.StatusCode.INTERNAL
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "does not decode" in e.value.details()
+    # Refused before any handler ran, and still in the operators' counts (gRPC's own
+    # "Exception deserializing request!" path skipped every interceptor).
+    assert cs.telemetry.value("dcrec_errors_total", code="INVALID_ARGUMENT") == 3
     assert healthy(channel)
 
 
 def test_oversized_request_is_refused_with_resource_exhausted(make_server) -> None:  # type: ignore[no-untyped-def]
-    _, channel = make_server(max_request_bytes=64 * 1024)
+    cs, channel = make_server(max_request_bytes=64 * 1024)
     stub = pb_grpc.RecommenderStub(channel)
     big = pb.GetCandidatesRequest(device_id="d1", count=5, current_list_id="x" * 100_000,
                                   history=[pb.Event(item_id=1, timestamp=1.0)])
     with pytest.raises(grpc.RpcError) as e:
         stub.GetCandidates(big, timeout=5)
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "over the limit of 65536 bytes" in e.value.details()
+    assert cs.telemetry.value("dcrec_shed_total", stage="size") == 1
+    assert cs.telemetry.value("dcrec_errors_total", code="RESOURCE_EXHAUSTED") == 1
     assert healthy(channel)
 
 

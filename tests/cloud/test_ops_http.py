@@ -193,5 +193,37 @@ def test_schemathesis_finds_no_server_error(stack: Stack) -> None:
         for headers in ({"Authorization": f"Bearer {op}"}, {}):
             fuzz(mode, headers)
     assert failures == []
-    assert {200, 401, 404, 422} <= seen, seen  # the fuzzer got past auth and into the handlers
+    assert {200, 401, 404} <= seen, seen  # the fuzzer got past auth and into the handlers
+    assert seen & {400, 422}, seen  # and sent bodies the handlers refused
     assert stack.get("/healthz")[0] == 200
+
+
+def test_a_torn_release_file_answers_503_naming_it(stack: Stack) -> None:
+    op = stack.auth.issue("alice", 60, "operator")
+    root = stack.state.device_registry.root  # type: ignore[union-attr]
+    (root / "RELEASE.json").write_text('{"version": "d1", "sequ')  # a torn write
+    code, body = stack.get("/api/models", op)
+    assert code == 503, body
+    detail = json.loads(body)["detail"]
+    assert detail.startswith("model registry unavailable: ") and "RELEASE.json: not valid JSON" in detail
+    code, body = stack.get("/api/fleet", op)  # the fleet's numbers need no registry
+    fleet = json.loads(body)
+    assert code == 200 and fleet["models"] == {"cloud": "c1", "device": None}
+    assert "RELEASE.json" in fleet["problems"]["device"] and "series" in fleet
+    assert stack.send("POST", "/api/models/device/rollback", op)[0] == 503
+    (root / "RELEASE.json").write_text('["d1"]')
+    assert "not a JSON object" in json.loads(stack.get("/api/models", op)[1])["detail"]
+    # Promoting writes a new release over the torn one: the registry answers again.
+    code, body = stack.send("POST", "/api/models/device/promote", op, {"version": "d1"})
+    assert code == 200 and json.loads(body)["sequence"] == 2, body
+    assert stack.get("/api/models", op)[0] == 200
+    assert json.loads(stack.get("/api/fleet", op)[1])["problems"] == {}
+
+
+def test_a_server_holding_only_the_public_key_refuses_to_release(stack: Stack) -> None:
+    op = stack.auth.issue("alice", 60, "operator")
+    stack.state.device_registry = ModelRegistry(stack.state.device_registry.root,  # type: ignore[union-attr]
+                                                trusted=stack.signer.trusted())
+    code, body = stack.send("POST", "/api/models/device/promote", op, {"version": "d2"})
+    assert code == 409 and "no signing key" in json.loads(body)["detail"]
+    assert json.loads(stack.get("/api/models", op)[1])["device"]["current"] == "d1"

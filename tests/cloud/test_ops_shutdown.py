@@ -1,4 +1,5 @@
-"""SIGTERM to a real server process with 20 calls in flight: all finish, new ones are refused."""
+"""SIGTERM to a real server process with 20 calls in flight: all finish, new ones get UNAVAILABLE,
+health answers NOT_SERVING until the port closes."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared.proto.dcrec.v1 import recommend_pb2 as pb
 from shared.proto.dcrec.v1 import recommend_pb2_grpc as pb_grpc
@@ -78,6 +80,15 @@ def test_sigterm_drains_in_flight_calls_and_refuses_new(tmp_path: Path, cloud_mo
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.2)  # the signal lands; the 20 are still sleeping
         fresh = pb_grpc.RecommenderStub(grpc.insecure_channel(address))
+        with pytest.raises(grpc.RpcError) as refused:
+            fresh.GetCandidates(req, timeout=3)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        # Health still answers while the 20 finish: NOT_SERVING, not a refused connection.
+        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(address))
+        for name in ("", "dcrec.v1.Recommender"):
+            status = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=3).status
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        time.sleep(0.5)  # later in the drain new calls still get an answer a client acts on
         with pytest.raises(grpc.RpcError) as refused:
             fresh.GetCandidates(req, timeout=3)
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -108,3 +108,22 @@ def test_many_concurrent_clients_get_distinct_list_ids(server) -> None:  # type:
                for i in np.arange(1, 41)]
     ids = {f.result().list_id for f in futures}
     assert len(ids) == 40
+
+
+def test_an_empty_event_log_given_to_the_server_is_the_one_it_uses(cloud_model_dir: Path) -> None:
+    from cloud.events import DeviceEventLog
+    from cloud.metrics import Telemetry
+    from cloud.server import RecommenderServicer, build_server
+
+    events, telemetry = DeviceEventLog(), Telemetry()
+    assert not events  # empty, so falsy: `events or DeviceEventLog()` used to swap it for another
+    service = CandidateService(load_generator(cloud_model_dir))
+    cs = build_server("127.0.0.1:0", service, telemetry=telemetry, events=events).start()
+    try:
+        assert cs.servicer.events is events and cs.servicer.telemetry is telemetry
+        stub(f"127.0.0.1:{cs.port}").GetCandidates(request([1, 2]), timeout=5)
+        assert events.devices() == ["d1"]  # the caller's log saw the call
+    finally:
+        cs.server.stop(0)
+    servicer = RecommenderServicer(service, None, events=events)
+    assert servicer.events is events

@@ -20,7 +20,11 @@ async function api(path, options) {
     document.getElementById("auth-note").hidden = false;
     throw new Error("operator token refused (" + resp.status + ")");
   }
-  if (!resp.ok) throw new Error(path + ": HTTP " + resp.status);
+  if (!resp.ok) {
+    // The server's detail says what is wrong, e.g. which registry file is torn (503).
+    const detail = await resp.json().then((b) => b.detail, () => "");
+    throw new Error(path + ": HTTP " + resp.status + (typeof detail === "string" && detail ? ": " + detail : ""));
+  }
   return resp.json();
 }
 
@@ -124,7 +128,8 @@ function showError(e) {
 
 async function refresh() {
   try {
-    const [fleet, models] = await Promise.all([api("/api/fleet"), api("/api/models")]);
+    // A broken registry fails /api/models (503), not the fleet's charts: draw what there is.
+    const [fleet, models] = await Promise.all([api("/api/fleet"), api("/api/models").catch((e) => e)]);
     const s = fleet.series;
     const total = sum(s.requests), errors = sum(s.errors);
     setText("total-requests", String(total));
@@ -136,15 +141,16 @@ async function refresh() {
     setText("device-failed", reported ? (100 * dev.failed / reported).toFixed(1) + " %" : "–");
     setText("device-reports", reported ? "of " + reported + " reported" : "no reports yet");
     setText("devices", String(fleet.devices));
-    setText("cloud-model", fleet.models.cloud || "none");
-    setText("device-model", fleet.models.device || "none");
+    const problems = fleet.problems || {};
+    setText("cloud-model", fleet.models.cloud || (problems.cloud ? "registry unavailable" : "none"));
+    setText("device-model", fleet.models.device || (problems.device ? "registry unavailable" : "none"));
     lineChart("rate-chart", [{ values: s.requests, cls: "rate" }], "");
     lineChart("latency-chart", [{ values: s.latency_p50_ms, cls: "p50" }, { values: s.latency_p95_ms, cls: "p95" }], "");
     barChart("reason-chart", s.reasons_total);
-    modelsTable(models);
     const st = document.getElementById("status");
     st.textContent = "updated " + new Date().toLocaleTimeString();
     st.className = "status ok";
+    if (models instanceof Error) showError(models); else modelsTable(models);
     document.body.dataset.loaded = "1";
   } catch (e) {
     showError(e);
