@@ -8,7 +8,19 @@ import sys
 import time
 from pathlib import Path
 
-from shared.cliutil import data_args, load_split, options
+from shared.cliutil import (
+    UsageError,
+    data_args,
+    key_value,
+    load_split,
+    non_negative_float,
+    non_negative_int,
+    options,
+    positive_float,
+    positive_int,
+    positive_int_list,
+)
+from shared.cliutil import duration as parse_duration
 
 
 def cmd_cloud_train(ns: argparse.Namespace) -> int:
@@ -26,7 +38,7 @@ def cmd_cloud_train(ns: argparse.Namespace) -> int:
 
 def _tls_paths(ns: argparse.Namespace) -> tuple[str | None, str | None]:
     if (ns.tls_cert is None) != (ns.tls_key is None):
-        raise ValueError("give both --tls-cert and --tls-key")
+        raise UsageError("give both --tls-cert and --tls-key")
     return ns.tls_cert, ns.tls_key
 
 
@@ -41,14 +53,15 @@ def _batching(ns: argparse.Namespace):  # type: ignore[no-untyped-def]
     """The batch settings from the serve flags, or None (each call alone) for a max size of 1."""
     from cloud.batching import BatchConfig
 
-    if ns.batch_max_size < 1:
-        raise ValueError(f"--batch-max-size must be >= 1, got {ns.batch_max_size}")
     if ns.batch_max_size == 1:
         return None
     cfg = BatchConfig(max_batch_size=ns.batch_max_size, max_wait_ms=ns.batch_max_wait_ms,
                       max_queue=ns.batch_queue, threads=ns.batch_threads,
                       adaptive=not ns.batch_fixed_wait)
-    cfg.validate()
+    try:  # the types refuse signs; this refuses the upper bounds (wait, threads)
+        cfg.validate()
+    except ValueError as e:
+        raise UsageError(f"batching flags: {e}") from e
     return cfg
 
 
@@ -74,20 +87,22 @@ def cmd_cloud_serve(ns: argparse.Namespace) -> int:
     batching = _batching(ns)
     cert, key = _tls_paths(ns)
     if not ns.insecure and (cert is None or ns.auth_secret is None):
-        raise ValueError("a production server needs --tls-cert/--tls-key and --auth-secret; "
+        raise UsageError("a production server needs --tls-cert/--tls-key and --auth-secret; "
                          "pass --insecure for a plaintext development server")
     if ns.tls_client_ca and cert is None:
-        raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        raise UsageError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+    if ns.trusted_key and not ns.registry:
+        raise UsageError("--trusted-key checks device-model releases: give --registry too")
+    if not ns.model_dir and not ns.cloud_registry:
+        raise UsageError("give --model-dir or --cloud-registry")
     cloud_registry = CloudModelRegistry(ns.cloud_registry) if ns.cloud_registry else None
     if cloud_registry is not None and not ns.model_dir:
         live = cloud_registry.current_version()
         if live is None:
             raise ValueError(f"cloud registry {ns.cloud_registry} has no live model")
         model_dir = cloud_registry.path(live)
-    elif ns.model_dir:
-        model_dir = Path(ns.model_dir)
     else:
-        raise ValueError("give --model-dir or --cloud-registry")
+        model_dir = Path(ns.model_dir)
     if ns.processes != 1:  # checked above, in the parent, so a bad flag fails before any spawn
         return _serve_replicas(ns)
     generator = load_generator(model_dir)
@@ -101,8 +116,6 @@ def cmd_cloud_serve(ns: argparse.Namespace) -> int:
     if ns.trusted_key:
         from shared.signatures import load_trusted_keys
 
-        if not ns.registry:
-            raise ValueError("--trusted-key checks device-model releases: give --registry too")
         trusted = load_trusted_keys(ns.trusted_key)
     # With a signing key or trusted keys, a release is served only once its signature verifies.
     registry = ModelRegistry(ns.registry, signer, trusted) if ns.registry else None
@@ -160,7 +173,7 @@ def cmd_cloud_eval(ns: argparse.Namespace) -> int:
 
 def _levels(ns: argparse.Namespace) -> tuple[int, ...]:
     if ns.levels:
-        return tuple(int(x) for x in ns.levels.split(","))
+        return tuple(ns.levels)
     return tuple(sorted({c for c in (1, 8, ns.clients) if c <= ns.clients}))
 
 
@@ -241,8 +254,6 @@ def cmd_cloud_models(ns: argparse.Namespace) -> int:
             print(f"{'*' if v['current'] else ' '} {v['version']}  {v['bytes']} bytes")
         print(f"live release: {reg.current_sequence()}")
     elif ns.action == "promote":
-        if not ns.version:
-            raise ValueError("promote needs --version")
         print(f"{ns.kind} model {ns.version} live as release {reg.promote(ns.version)}")
     else:
         version, seq = reg.rollback()
@@ -253,29 +264,18 @@ def cmd_cloud_models(ns: argparse.Namespace) -> int:
     return 0
 
 
-def parse_duration(text: str) -> float:
-    """Seconds in ``3600``, ``90s``, ``30m``, ``12h`` or ``30d``."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    t = text.strip().lower()
-    mult = units.get(t[-1:], None)
-    value = float(t[:-1] if mult else t) * (mult or 1)
-    if not value > 0:
-        raise ValueError(f"duration {text!r} must be > 0")
-    return value
-
-
 def cmd_cloud_token(ns: argparse.Namespace) -> int:
     from cloud.auth import TokenAuthority
 
     authority = TokenAuthority.from_file(ns.auth_secret)
-    if bool(ns.device_id) == bool(ns.operator):
-        raise ValueError("give exactly one of --device-id or --operator")
-    role = "device" if ns.device_id else "operator"
-    print(authority.issue(ns.device_id or ns.operator, parse_duration(ns.ttl), role))
+    role = "device" if ns.device_id else "operator"  # argparse requires exactly one of the two
+    print(authority.issue(ns.device_id or ns.operator, ns.ttl, role))
     return 0
 
 
 def cmd_cloud_keygen(ns: argparse.Namespace) -> int:
+    if not ns.auth_secret and not ns.signing_dir:
+        raise UsageError("give --auth-secret FILE and/or --signing-dir DIR")
     for existing in (ns.auth_secret, ns.signing_dir and Path(ns.signing_dir) / "signing.pem"):
         if existing and Path(existing).exists():
             raise ValueError(f"{existing} exists; refusing to overwrite a key")
@@ -288,9 +288,24 @@ def cmd_cloud_keygen(ns: argparse.Namespace) -> int:
 
         private, public = write_keypair(ns.signing_dir)
         print(f"signing key {private} (keep secret); devices trust {public}")
-    if not ns.auth_secret and not ns.signing_dir:
-        raise ValueError("give --auth-secret FILE and/or --signing-dir DIR")
     return 0
+
+
+def _models_parsers(cloud: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``cloud models list|promote|rollback``: each action its own parser, so each has its own --help."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--kind", choices=["device", "cloud"], default="device")
+    common.add_argument("--registry", required=True, help="the registry folder")
+    common.add_argument("--signing-key", help="device releases: Ed25519 private key (PEM)")
+    models = cloud.add_parser("models", help="list, promote or roll back registry models on disk"
+                              ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    models.add_parser("list", parents=[common], help="the versions on disk and the live release")
+    q = models.add_parser("promote", parents=[common], help="make a version live as a new release")
+    q.add_argument("--version", required=True, help="the version to make live")
+    models.add_parser("rollback", parents=[common],
+                      help="make the previous release's version live again, as a new release")
+    for q in models.choices.values():
+        q.set_defaults(fn=cmd_cloud_models)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -299,7 +314,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     data_args(q)
     q.add_argument("--backend", default="cooccurrence")
     q.add_argument("--out", required=True)
-    q.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
+    q.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", type=key_value)
     q.add_argument("--resume", action="store_true")
     q.set_defaults(fn=cmd_cloud_train)
     q = cloud.add_parser("serve", help="serve GetCandidates and device models over gRPC")
@@ -315,32 +330,32 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--ready-file", help="write the bound port here once serving")
     q.add_argument("--http-address", help="operator HTTP (health, metrics, registry, dashboard), host:port")
     q.add_argument("--http-ready-file", help="write the bound HTTP port here once serving")
-    q.add_argument("--ttl", type=float, default=86400.0, help="list time-to-live, seconds")
-    q.add_argument("--workers", type=int, default=0,
+    q.add_argument("--ttl", type=positive_float, default=86400.0, help="list time-to-live, seconds")
+    q.add_argument("--workers", type=non_negative_int, default=0,
                    help="handler threads (0 = 16, or twice --batch-max-size when batching)")
     q.add_argument("--telemetry-log", metavar="PATH",
                    help="append the telemetry devices upload (ReportTelemetry) to this JSON-lines "
                         "file; without it the records only feed the metrics")
-    q.add_argument("--max-inflight", type=int, default=0,
+    q.add_argument("--max-inflight", type=non_negative_int, default=0,
                    help="calls handled at once; more are refused RESOURCE_EXHAUSTED (0 = workers)")
-    q.add_argument("--batch-max-size", type=int, default=1,
+    q.add_argument("--batch-max-size", type=positive_int, default=1,
                    help="dynamic batching: GetCandidates calls answered by one generator call "
                         "(1 = no batching)")
-    q.add_argument("--batch-max-wait-ms", type=float, default=5.0,
+    q.add_argument("--batch-max-wait-ms", type=non_negative_float, default=5.0,
                    help="the longest a queued call waits for a batch to fill, ms")
-    q.add_argument("--batch-queue", type=int, default=0,
+    q.add_argument("--batch-queue", type=non_negative_int, default=0,
                    help="calls waiting for a batch before more are refused RESOURCE_EXHAUSTED "
                         "(0 = 4 x --batch-max-size)")
     q.add_argument("--batch-fixed-wait", action="store_true",
                    help="always wait --batch-max-wait-ms for a batch to fill; by default the wait "
                         "ends once no other call is on its way (no added latency at low load)")
-    q.add_argument("--batch-threads", type=int, default=1,
+    q.add_argument("--batch-threads", type=positive_int, default=1,
                    help="batches computed at once (each by its own thread)")
-    q.add_argument("--processes", type=int, default=1,
+    q.add_argument("--processes", type=positive_int, default=1,
                    help="server processes sharing the port (SO_REUSEPORT); replica i serves "
                         "operator HTTP on the HTTP port + i")
-    q.add_argument("--max-request-bytes", type=int, default=1024 * 1024)
-    q.add_argument("--grace", type=float, default=5.0, help="shutdown grace period, seconds")
+    q.add_argument("--max-request-bytes", type=positive_int, default=1024 * 1024)
+    q.add_argument("--grace", type=non_negative_float, default=5.0, help="shutdown grace period, seconds")
     q.add_argument("--tls-cert", help="server certificate chain (PEM)")
     q.add_argument("--tls-key", help="server private key (PEM)")
     q.add_argument("--tls-client-ca", help="CA (PEM) client certificates must chain to: mutual TLS")
@@ -351,36 +366,36 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q = cloud.add_parser("eval", help="leave-one-out metrics of a cloud model (markdown table)")
     q.add_argument("--model-dir", required=True)
     q.add_argument("--dataset", default="ml-100k", help="ml-100k, beauty, or a path")
-    q.add_argument("--count", type=int, default=100, help="list length; targets beyond it are misses")
-    q.add_argument("--max-users", type=int, help="evaluate a random sample of users")
+    q.add_argument("--count", type=positive_int, default=100, help="list length; targets beyond it are misses")
+    q.add_argument("--max-users", type=positive_int, help="evaluate a random sample of users")
     q.add_argument("--json", help="also write the result here")
     q.set_defaults(fn=cmd_cloud_eval)
     q = cloud.add_parser("bench-serving",
                          help="server throughput and latency with and without dynamic batching")
     q.add_argument("--model-dir", required=True)
-    q.add_argument("--clients", type=int, default=64,
+    q.add_argument("--clients", type=positive_int, default=64,
                    help="the largest client count; measures 1, 8 and this")
-    q.add_argument("--levels", help="explicit client counts, e.g. 1,8,64 (overrides --clients)")
-    q.add_argument("--duration", type=float, default=20.0, help="measured seconds per cell")
-    q.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per cell")
-    q.add_argument("--rounds", type=int, default=3, help="interleaved repetitions (medians)")
-    q.add_argument("--batch-max-size", type=int, default=64)
-    q.add_argument("--batch-max-wait-ms", type=float, default=5.0)
-    q.add_argument("--workers", type=int, default=0,
+    q.add_argument("--levels", type=positive_int_list, help="explicit client counts, e.g. 1,8,64 (overrides --clients)")
+    q.add_argument("--duration", type=positive_float, default=20.0, help="measured seconds per cell")
+    q.add_argument("--warmup", type=non_negative_float, default=2.0, help="unmeasured seconds per cell")
+    q.add_argument("--rounds", type=positive_int, default=3, help="interleaved repetitions (medians)")
+    q.add_argument("--batch-max-size", type=positive_int, default=64)
+    q.add_argument("--batch-max-wait-ms", type=non_negative_float, default=5.0)
+    q.add_argument("--workers", type=non_negative_int, default=0,
                    help="handler threads of both servers (0 = the largest client count)")
-    q.add_argument("--count", type=int, default=100, help="candidates per request")
+    q.add_argument("--count", type=positive_int, default=100, help="candidates per request")
     q.add_argument("--dataset", help="send real LOO histories of this data set (default: random)")
     q.add_argument("--out", help="folder for server logs and bench-serving.json")
     q.set_defaults(fn=cmd_cloud_bench_serving)
     q = cloud.add_parser("bench-hostile",
                          help="/metrics and serving p99 with and without a flood of hostile telemetry")
     q.add_argument("--model-dir", required=True)
-    q.add_argument("--records", type=int, default=200_000, help="hostile records from one device")
-    q.add_argument("--clients", type=int, default=64, help="closed-loop serving clients")
-    q.add_argument("--duration", type=float, default=15.0, help="measured seconds per cell")
-    q.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per cell")
-    q.add_argument("--rounds", type=int, default=3, help="interleaved repetitions (medians)")
-    q.add_argument("--workers", type=int, default=64, help="handler threads of both servers")
+    q.add_argument("--records", type=positive_int, default=200_000, help="hostile records from one device")
+    q.add_argument("--clients", type=positive_int, default=64, help="closed-loop serving clients")
+    q.add_argument("--duration", type=positive_float, default=15.0, help="measured seconds per cell")
+    q.add_argument("--warmup", type=non_negative_float, default=2.0, help="unmeasured seconds per cell")
+    q.add_argument("--rounds", type=positive_int, default=3, help="interleaved repetitions (medians)")
+    q.add_argument("--workers", type=positive_int, default=64, help="handler threads of both servers")
     q.add_argument("--out", help="folder for server logs and bench-hostile.json")
     q.set_defaults(fn=cmd_cloud_bench_hostile)
     q = cloud.add_parser("publish", help="publish an ONNX device model to the registry")
@@ -402,20 +417,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                          help="build the neighbour index devices use between requests (local lists)")
     q.add_argument("--model-dir", required=True, help="a trained cloud model (any backend)")
     q.add_argument("--out", required=True, help="the .npz file to write")
-    q.add_argument("--neighbours", type=int, default=50, help="items kept per item")
+    q.add_argument("--neighbours", type=positive_int, default=50, help="items kept per item")
     q.set_defaults(fn=cmd_cloud_neighbours)
-    q = cloud.add_parser("models", help="list, promote or roll back registry models on disk")
-    q.add_argument("action", choices=["list", "promote", "rollback"])
-    q.add_argument("--kind", choices=["device", "cloud"], default="device")
-    q.add_argument("--registry", required=True)
-    q.add_argument("--version", help="for promote")
-    q.add_argument("--signing-key", help="device releases: Ed25519 private key (PEM)")
-    q.set_defaults(fn=cmd_cloud_models)
+    _models_parsers(cloud)
     q = cloud.add_parser("token", help="issue a device or operator token")
     q.add_argument("--auth-secret", required=True, help="the server's HMAC secret file")
-    q.add_argument("--device-id")
-    q.add_argument("--operator", metavar="NAME", help="issue an operator token for NAME")
-    q.add_argument("--ttl", default="30d", help="lifetime: seconds or 90s, 30m, 12h, 30d")
+    who = q.add_mutually_exclusive_group(required=True)
+    who.add_argument("--device-id", help="issue a device token for this device")
+    who.add_argument("--operator", metavar="NAME", help="issue an operator token for NAME")
+    q.add_argument("--ttl", type=parse_duration, default="30d",
+                   help="lifetime: seconds or 90s, 30m, 12h, 30d")
     q.set_defaults(fn=cmd_cloud_token)
     q = cloud.add_parser("keygen", help="create an auth secret and/or a model-signing key pair")
     q.add_argument("--auth-secret", metavar="FILE")

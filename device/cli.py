@@ -7,17 +7,31 @@ import json
 import sys
 from pathlib import Path
 
-from shared.cliutil import data_args, load_split, options
+from shared.cliutil import (
+    UsageError,
+    config_options,
+    data_args,
+    int_at_least,
+    key_value,
+    load_split,
+    non_negative_int,
+    options,
+    positive_float,
+    positive_int,
+    unit_interval,
+)
 from shared.progress import Progress
 
 
 def cmd_device_train(ns: argparse.Namespace) -> int:
+    from device.training.sasrec import SASRecConfig
     from device.training.train import TrainConfig, train_sasrec
 
+    # n_items is the catalogue's, known once the data is loaded; 1 lets the rest be checked now.
+    model = config_options(options(ns.option), SASRecConfig, "--option", n_items=1)
     ds, split = load_split(ns.dataset, ns.cloud_fraction)
     bar = Progress("device train", ns.epochs)
-    config = TrainConfig(epochs=ns.epochs, time_budget_s=ns.time_budget, seed=ns.seed,
-                         model=options(ns.option))
+    config = TrainConfig(epochs=ns.epochs, time_budget_s=ns.time_budget, seed=ns.seed, model=model)
     result = train_sasrec(split.cloud_sequences(), ds.n_items, config, ns.out,
                           progress=lambda e, loss, m: bar.update(
                               e, f"loss {loss:.3f} valid NDCG@10 {m.get('NDCG@10', 0):.4f}"))
@@ -44,7 +58,7 @@ def cmd_device_export(ns: argparse.Namespace) -> int:
     from device.training.export import export_onnx, quantize_int8
 
     if ns.neighbours and not ns.registry:
-        raise ValueError("--neighbours releases an index with the model: it needs --registry")
+        raise UsageError("--neighbours releases an index with the model: it needs --registry")
     model, arch = _load_any(ns.model_dir)
     out = Path(ns.out or Path(ns.model_dir) / "model.onnx")
     export_onnx(model, out)  # type: ignore[arg-type]
@@ -88,16 +102,20 @@ def _cloud(ns: argparse.Namespace, ds, train):  # type: ignore[no-untyped-def]
 
 
 def cmd_train_reranker(ns: argparse.Namespace) -> int:
+    from device.training import archs
     from device.training.collab import RerankTrainConfig, backend_fitter, train_reranker
 
+    extra = options(ns.train_option, "--train-option")
+    if isinstance(extra.get("lags"), list):
+        extra["lags"] = tuple(extra["lags"])
+    flags = dict(objective=ns.objective, candidates=ns.candidates, epochs=ns.epochs,
+                 time_budget_s=ns.time_budget, seed=ns.seed, init_from=ns.init_from, folds=ns.folds)
+    config_options(extra, RerankTrainConfig, "--train-option", **flags, model={})
+    # n_items is the catalogue's, known once the data is loaded; 1 lets the rest be checked now.
+    model = config_options(options(ns.option), archs.ARCHS[ns.arch][1], "--option", n_items=1)
     ds, train, _ = _split_sequences(ns)
     gen = _cloud(ns, ds, train)
-    extra = options(ns.train_option)
-    if "lags" in extra:
-        extra["lags"] = tuple(extra["lags"])
-    config = RerankTrainConfig(objective=ns.objective, candidates=ns.candidates, epochs=ns.epochs,
-                               time_budget_s=ns.time_budget, seed=ns.seed, init_from=ns.init_from,
-                               folds=ns.folds, model=options(ns.option), **extra)
+    config = RerankTrainConfig(**flags, model=model, **extra)
     fit = backend_fitter(ns.cloud_backend, ds, Path(ns.out) / "folds") if ns.folds > 1 else None
     bar = Progress(f"{ns.arch}/{ns.objective}", ns.epochs)
     res = train_reranker(ns.arch, train, gen, ds.n_items, config, ns.out, fit_generator=fit,
@@ -117,9 +135,9 @@ def cmd_eval_rerank(ns: argparse.Namespace) -> int:
 
     ns.alpha = ns.alpha or [0.5]
     ns.ratio = ns.ratio or [0.05, 0.2]
-    ds, train, split = _split_sequences(ns)
     if ns.split != "stale":
-        raise ValueError("eval-rerank runs the stale-cloud split (--split stale)")
+        raise UsageError("eval-rerank runs the stale-cloud split (--split stale)")
+    ds, train, split = _split_sequences(ns)
     gen = _cloud(ns, ds, train)
     test = split.test
     if ns.max_users and ns.max_users < len(test):
@@ -161,10 +179,10 @@ def _protocol_args(q: argparse.ArgumentParser) -> None:
     data_args(q)
     q.add_argument("--split", choices=["stale", "time"], default="stale",
                    help="stale: LSC4Rec's device-cloud split; time: per-user time split")
-    q.add_argument("--lag", type=int, default=2, help="items the cloud's view trails (stale split)")
+    q.add_argument("--lag", type=non_negative_int, default=2, help="items the cloud's view trails (stale split)")
     q.add_argument("--cloud-model", help="trained cloud model directory (default: train one)")
     q.add_argument("--cloud-backend", default="cooccurrence")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=non_negative_int, default=0)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -172,10 +190,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q = device.add_parser("train", help="train the SASRec reranker (full softmax, time split)")
     data_args(q)
     q.add_argument("--out", required=True)
-    q.add_argument("--epochs", type=int, default=30)
-    q.add_argument("--time-budget", type=float, default=600.0, help="seconds")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+    q.add_argument("--epochs", type=positive_int, default=30)
+    q.add_argument("--time-budget", type=positive_float, default=600.0, help="seconds")
+    q.add_argument("--seed", type=non_negative_int, default=0)
+    q.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", type=key_value,
                    help="model settings, e.g. dim=64 layers=2")
     q.set_defaults(fn=cmd_device_train)
 
@@ -185,13 +203,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--arch", choices=["sasrec", "gru4rec", "din"], default="sasrec")
     q.add_argument("--objective", choices=["collab", "random", "full"], default="collab")
     q.add_argument("--init-from", help="warm start from this trained model directory")
-    q.add_argument("--folds", type=int, default=1, help="out-of-fold cloud lists (refits the cloud)")
-    q.add_argument("--candidates", type=int, default=100)
-    q.add_argument("--epochs", type=int, default=30)
-    q.add_argument("--time-budget", type=float, default=1800.0, help="seconds")
-    q.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+    q.add_argument("--folds", type=positive_int, default=1, help="out-of-fold cloud lists (refits the cloud)")
+    q.add_argument("--candidates", type=int_at_least(2), default=100,
+                   help="list length per training example (>= 2)")
+    q.add_argument("--epochs", type=positive_int, default=30)
+    q.add_argument("--time-budget", type=positive_float, default=1800.0, help="seconds")
+    q.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", type=key_value,
                    help="model settings, e.g. dim=64 max_len=20")
-    q.add_argument("--train-option", action="append", default=[], metavar="KEY=VALUE",
+    q.add_argument("--train-option", action="append", default=[], metavar="KEY=VALUE", type=key_value,
                    help="RerankTrainConfig fields, e.g. full_weight=1.0 lr=0.0005 max_examples=20000")
     q.add_argument("--out", required=True)
     q.set_defaults(fn=cmd_train_reranker)
@@ -209,25 +228,25 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _protocol_args(q)
     q.add_argument("--model-dir", required=True)
     q.add_argument("--workdir", default="runs/eval-rerank")
-    q.add_argument("--count", type=int, default=100, help="cloud list length")
-    q.add_argument("--alpha", type=float, action="append", help="cloud weight(s) in fusion")
+    q.add_argument("--count", type=positive_int, default=100, help="cloud list length")
+    q.add_argument("--alpha", type=unit_interval, action="append", help="cloud weight(s) in fusion")
     q.add_argument("--scale", choices=["rank", "zscore"], default="zscore")
     q.add_argument("--measure", choices=["rbo", "footrule", "kendall"], default="rbo",
                    help="order measure of the budgeted variant (catalogue measures such as regret: "
                         "dcrec bench quality)")
-    q.add_argument("--ratio", type=float, action="append", help="request ratio(s) to compare")
-    q.add_argument("--max-users", type=int)
+    q.add_argument("--ratio", type=unit_interval, action="append", help="request ratio(s) to compare")
+    q.add_argument("--max-users", type=positive_int)
     q.set_defaults(fn=cmd_eval_rerank)
 
     q = device.add_parser("bench-latency", help="ONNX Runtime vs torch eager per-event reranking latency")
     q.add_argument("--model-dir", help="trained model (default: an untrained one of --arch)")
     q.add_argument("--arch", choices=["sasrec", "gru4rec", "din"], default="sasrec")
-    q.add_argument("--items", type=int, default=12101, help="catalogue size of an untrained model")
-    q.add_argument("--candidates", type=int, default=100)
-    q.add_argument("--history", type=int, default=50)
-    q.add_argument("--calls", type=int, default=2000)
-    q.add_argument("--threads", type=int, default=1)
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--items", type=positive_int, default=12101, help="catalogue size of an untrained model")
+    q.add_argument("--candidates", type=positive_int, default=100)
+    q.add_argument("--history", type=positive_int, default=50)
+    q.add_argument("--calls", type=positive_int, default=2000)
+    q.add_argument("--threads", type=positive_int, default=1)
+    q.add_argument("--seed", type=non_negative_int, default=0)
     q.add_argument("--neighbours", help="a neighbour index: also time the local list and blend")
     q.add_argument("--workdir", default="runs/bench-latency")
     q.set_defaults(fn=cmd_bench_latency)

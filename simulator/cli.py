@@ -7,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from shared.cliutil import data_args
+from shared.cliutil import UsageError, data_args, positive_float, positive_int, unit_interval
 
 
 def cmd_simulate(ns: argparse.Namespace) -> int:
@@ -15,6 +15,8 @@ def cmd_simulate(ns: argparse.Namespace) -> int:
         return cmd_scenario(ns)
     from simulator.run import SimulationSpec, print_table, run_simulations
 
+    if not ns.cloud_model and not ns.connect:
+        raise UsageError("give --cloud-model (to start a server) or --connect host:port")
     spec = SimulationSpec(dataset=ns.dataset, cloud_fraction=ns.cloud_fraction,
                           cloud_model=Path(ns.cloud_model) if ns.cloud_model else None,
                           registry=Path(ns.registry) if ns.registry else None,
@@ -58,7 +60,6 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     return run_demo(Path(ns.workdir), ns.dataset, quick=ns.quick)
 
 
-
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q = sub.add_parser("simulate", help="replay a fleet of devices against a real cloud server")
     data_args(q)
@@ -68,11 +69,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--workdir", default="runs/simulate")
     q.add_argument("--policy", action="append", choices=["disagreement", "always", "never"],
                    help="request policy; repeat to compare (default: disagreement)")
-    q.add_argument("--threshold", type=float, default=0.95,
+    q.add_argument("--threshold", type=unit_interval, default=0.95,
                    help="disagreement (1 - rank-biased overlap of the top 20) that triggers a request")
-    q.add_argument("--alpha", type=float, default=0.5, help="cloud weight in fusion")
-    q.add_argument("--users", type=int, help="replay only this many users")
-    q.add_argument("--ttl", type=float, default=86400.0)
+    q.add_argument("--alpha", type=unit_interval, default=0.5, help="cloud weight in fusion")
+    q.add_argument("--users", type=positive_int, help="replay only this many users")
+    q.add_argument("--ttl", type=positive_float, default=86400.0, help="list time-to-live, seconds")
     q.add_argument("--scenario", help="scenario NAME (steady, cloud-outage, flash-crowd, "
                    "lossy-network) or PATH to a .toml file; writes a report")
     q.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
@@ -80,7 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--models", default="runs/demo",
                    help="folder with cloud/ and registry/ as `dcrec demo` leaves them (with --scenario)")
     q.add_argument("--out", help="report folder (default runs/simulate/NAME)")
-    q.add_argument("--shards", type=int, default=1, help="run each fleet as this many Ray shards")
+    q.add_argument("--shards", type=positive_int, default=1, help="run each fleet as this many Ray shards")
     q.add_argument("--ray-address", help="Ray cluster address (default: start a local one)")
     q.set_defaults(fn=cmd_simulate)
 
