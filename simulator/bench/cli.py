@@ -8,7 +8,13 @@ import sys
 import time
 from pathlib import Path
 
-from shared.cliutil import options
+from shared.cliutil import (
+    non_negative_float,
+    non_negative_int,
+    options,
+    positive_float,
+    positive_int,
+)
 
 
 def cmd_quality(ns: argparse.Namespace) -> int:
@@ -57,55 +63,55 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bench = sub.add_parser("bench", help="offline benchmarks").add_subparsers(dest="sub", required=True)
     q = bench.add_parser("quality", help="every variant of the stale-cloud protocol, side by side")
     q.add_argument("--dataset", default="ml-100k", help="ml-100k, beauty, or a path")
-    q.add_argument("--seeds", type=int, default=1)
+    q.add_argument("--seeds", type=positive_int, default=1)
     q.add_argument("--cloud-backend", default="cooccurrence")
     q.add_argument("--cloud-option", action="append", default=[], metavar="KEY=VALUE",
                    help="the cloud backend's training options (e.g. time_budget_min=12)")
-    q.add_argument("--epochs", type=int, default=200, help="device-model epochs (early stopping)")
-    q.add_argument("--time-budget", type=float, default=1200.0,
+    q.add_argument("--epochs", type=positive_int, default=200, help="device-model epochs (early stopping)")
+    q.add_argument("--time-budget", type=positive_float, default=1200.0,
                    help="seconds of training per device model")
     q.add_argument("--measure", default="regret",
                    choices=["regret", "uncovered", "rbo", "footrule", "kendall", "coverage"],
                    help="disagreement signal the request policy thresholds")
-    q.add_argument("--measure-top", type=int, default=20,
+    q.add_argument("--measure-top", type=positive_int, default=20,
                    help="depth: rbo's prefix, or coverage's device top-k")
-    q.add_argument("--candidates", type=int, default=100, help="length of the cloud's list")
-    q.add_argument("--batch-size", type=int, default=256, help="device-model training batch")
-    q.add_argument("--patience", type=int, default=3, help="epochs without validation gain")
+    q.add_argument("--candidates", type=positive_int, default=100, help="length of the cloud's list")
+    q.add_argument("--batch-size", type=positive_int, default=256, help="device-model training batch")
+    q.add_argument("--patience", type=positive_int, default=3, help="epochs without validation gain")
     q.add_argument("--device-option", action="append", default=[], metavar="KEY=VALUE",
                    help="SASRec setting, e.g. dropout=0.2 or dim=64 (JSON values)")
     q.add_argument("--device-objective", choices=["full", "collab", "random"], default="full",
                    help="full: SASRec over the catalogue; collab / random: then trained again "
                         "on the cloud's lists / on random negatives")
-    q.add_argument("--device-folds", type=int, default=3,
+    q.add_argument("--device-folds", type=positive_int, default=3,
                    help="collab: out-of-fold cloud lists from this many refits of the cloud")
-    q.add_argument("--device-full-weight", type=float, default=1.0,
+    q.add_argument("--device-full-weight", type=non_negative_float, default=1.0,
                    help="collab: weight of the full-catalogue term beside the listwise one")
     q.add_argument("--device-missing-target", choices=["ignore", "insert"], default="ignore",
                    help="collab: a cloud list without the target trains only the full term "
                         "(ignore) or gets the target inserted (insert)")
-    q.add_argument("--device-distill-weight", type=float, default=0.0,
+    q.add_argument("--device-distill-weight", type=non_negative_float, default=0.0,
                    help="collab / random: weight of distillation towards the cloud's distribution "
                         "over its fresh list for each training prefix (0: off)")
-    q.add_argument("--device-distill-temperature", type=float, default=0.0,
+    q.add_argument("--device-distill-temperature", type=non_negative_float, default=0.0,
                    help="temperature of the cloud's soft labels (0: its scores normalised)")
     q.add_argument("--device-folds-hold-out-valid", action="store_true",
                    help="collab / distillation: fit the out-of-fold clouds without each "
                         "sequence's last item (the validation targets)")
-    q.add_argument("--device-candidates", type=int, default=0, metavar="K",
+    q.add_argument("--device-candidates", type=non_negative_int, default=0, metavar="K",
                    help="add the device model's own top K unseen items to every cloud list "
                         "before fusion (the runtime's device_candidates)")
-    q.add_argument("--neighbours", type=int, default=0, metavar="K",
+    q.add_argument("--neighbours", type=non_negative_int, default=0, metavar="K",
                    help="the device blends stale lists with local lists from the cloud's "
                         "neighbour index of K items per item (0: off)")
     q.add_argument("--reuse", action="store_true",
                    help="reuse models in --workdir trained with the same settings")
-    q.add_argument("--jobs", type=int, default=1,
+    q.add_argument("--jobs", type=positive_int, default=1,
                    help="worker processes: seeds and baselines train side by side")
-    q.add_argument("--threads", type=int, help="torch threads per worker (default: cores / jobs)")
-    q.add_argument("--baseline-seeds", type=int,
+    q.add_argument("--threads", type=positive_int, help="torch threads per worker (default: cores / jobs)")
+    q.add_argument("--baseline-seeds", type=positive_int,
                    help="train the leave-one-out baselines for only the first N seeds")
-    q.add_argument("--users", type=int, help="evaluate a sample of this many users")
+    q.add_argument("--users", type=positive_int, help="evaluate a sample of this many users")
     q.add_argument("--baseline", action="append", help="LOO baselines (default: all)")
     q.add_argument("--workdir", default="runs/bench")
     q.add_argument("--out", default="runs/bench/results")
