@@ -1,0 +1,146 @@
+"""The certificate recipe in docs/OPERATIONS.md, run verbatim, gives a working mutual-TLS server.
+
+The ``sh`` block after ``<!-- tls-recipe -->`` is extracted and run with bash in
+a temporary directory (twice: ours, and an unrelated PKI to be refused).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import ssl
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from cloud.backends import load_generator
+from cloud.events import DeviceEventLog
+from cloud.http.app import OpsState
+from cloud.http.runner import HttpConfig, HttpServer
+from cloud.metrics import Telemetry
+from cloud.server import CloudServer, ServerConfig, TlsConfig, build_server
+from cloud.service import CandidateService
+from device.client import ClientTls, CloudClient, CloudUnavailable
+from shared.contract import CandidatesRequest
+
+OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "OPERATIONS.md"
+MARKER = "<!-- tls-recipe -->"
+DEVICE = "phone-123"  # the recipe's default DEVICE
+
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None,
+                                reason="the documented TLS recipe needs the openssl command")
+
+
+def recipe() -> str:
+    """The fenced sh block right after the marker line."""
+    text = OPERATIONS.read_text(encoding="utf-8")
+    m = re.search(re.escape(MARKER) + r"\n```sh\n(.*?)\n```\n", text, re.DOTALL)
+    assert m, f"no ```sh block right after {MARKER} in {OPERATIONS}"
+    return m.group(1)
+
+
+def run_recipe(out: Path) -> Path:
+    out.mkdir(parents=True)
+    done = subprocess.run(["bash", "-euo", "pipefail"], input=recipe(), cwd=out, text=True,
+                          capture_output=True, timeout=60)
+    assert done.returncode == 0, f"recipe failed:\n{done.stdout}\n{done.stderr}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("tls-recipe")
+    return run_recipe(root / "ours"), run_recipe(root / "other")
+
+
+@pytest.fixture(scope="module")
+def server(cloud_model_dir: Path, pki: tuple[Path, Path]) -> Iterator[CloudServer]:
+    ours, _ = pki
+    tls = TlsConfig(str(ours / "server.crt"), str(ours / "server.key"), str(ours / "ca.pem"))
+    cs = build_server("127.0.0.1:0", CandidateService(load_generator(cloud_model_dir)),
+                      config=ServerConfig(tls=tls)).start()
+    yield cs
+    cs.server.stop(0)
+
+
+def ask(address: str, tls: ClientTls) -> int:
+    """How many candidates one GetCandidates call returns (5 asked for)."""
+    client = CloudClient(address, deadline_s=3, tls=tls)
+    try:
+        return int(client.get_candidates(CandidatesRequest("d1", np.array([3]), np.array([1.0]), 5))
+                   .items.size)
+    finally:
+        client.close()
+
+
+def device_tls(pki_dir: Path, ca_dir: Path | None = None) -> ClientTls:
+    return ClientTls(ca_file=str((ca_dir or pki_dir) / "ca.pem"),
+                     cert_file=str(pki_dir / f"{DEVICE}.crt"), key_file=str(pki_dir / f"{DEVICE}.key"))
+
+
+def test_recipe_makes_modern_certificates_and_private_keys(pki: tuple[Path, Path]) -> None:
+    ours, _ = pki
+    server_cert = x509.load_pem_x509_certificate((ours / "server.crt").read_bytes())
+    san = server_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in san.get_values_for_type(x509.DNSName)
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    eku = server_cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    device_cert = x509.load_pem_x509_certificate((ours / f"{DEVICE}.crt").read_bytes())
+    eku = device_cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    for cert in (server_cert, device_cert):
+        assert cert.signature_hash_algorithm is not None
+        assert cert.signature_hash_algorithm.name == "sha256"
+    for key in ("ca.key", "server.key", f"{DEVICE}.key"):
+        assert (ours / key).stat().st_mode & 0o077 == 0, f"{key} is readable by others"
+
+
+def test_device_with_the_recipes_certificate_gets_candidates(server: CloudServer,
+                                                             pki: tuple[Path, Path]) -> None:
+    ours, _ = pki
+    for host in ("127.0.0.1", "localhost"):  # both names are in the recipe's SAN
+        assert ask(f"{host}:{server.port}", device_tls(ours)) == 5
+
+
+def test_device_without_a_client_certificate_is_refused(server: CloudServer,
+                                                        pki: tuple[Path, Path]) -> None:
+    ours, _ = pki
+    with pytest.raises(CloudUnavailable):
+        ask(f"127.0.0.1:{server.port}", ClientTls(ca_file=str(ours / "ca.pem")))
+
+
+def test_another_cas_certificates_are_refused_both_ways(server: CloudServer,
+                                                        pki: tuple[Path, Path]) -> None:
+    ours, other = pki
+    with pytest.raises(CloudUnavailable):  # the client trusts another CA: refuses our server
+        ask(f"127.0.0.1:{server.port}", device_tls(other))
+    with pytest.raises(CloudUnavailable):  # the client's certificate is from another CA
+        ask(f"127.0.0.1:{server.port}", device_tls(other, ca_dir=ours))
+
+
+def test_http_port_serves_tls_but_asks_no_client_certificate(cloud_model_dir: Path,
+                                                             pki: tuple[Path, Path]) -> None:
+    """As OPERATIONS.md says: mutual TLS covers gRPC only; protect the HTTP port otherwise."""
+    ours, other = pki
+    state = OpsState(service=CandidateService(load_generator(cloud_model_dir)),
+                     telemetry=Telemetry(), events=DeviceEventLog())
+    http = HttpServer(state, HttpConfig("127.0.0.1:0", str(ours / "server.crt"),
+                                        str(ours / "server.key"))).start()
+    try:
+        ctx = ssl.create_default_context(cafile=str(ours / "ca.pem"))  # no client certificate
+        with urllib.request.urlopen(f"https://127.0.0.1:{http.port}/healthz", context=ctx,
+                                    timeout=10) as resp:
+            assert resp.status == 200
+        with pytest.raises(urllib.error.URLError):  # but it is TLS: a stranger's CA fails
+            urllib.request.urlopen(f"https://127.0.0.1:{http.port}/healthz", timeout=10,
+                                   context=ssl.create_default_context(cafile=str(other / "ca.pem")))
+    finally:
+        http.stop()
