@@ -4,7 +4,11 @@ A :class:`Reranker` scores a user's cached candidates given the freshest
 history. :class:`OnnxReranker` runs an exported model (inputs ``history``
 (B, L) int64 left-padded, ``candidates`` (B, C) int64; output ``scores`` (B, C)).
 Sessions are shared between runtimes that load the same file, so a simulator
-with thousands of devices holds one copy of each model.
+with thousands of devices holds one copy of each model. The facts an export
+writes into the file's metadata (``max_len``, ``n_items``, ``padding_id``,
+``arch``, ``dcrec_version``) are on ``metadata``; a model whose metadata
+contradicts the release config (its ``max_len`` or ``n_items``, or padding
+other than 0) is refused; a model without metadata (older exports) loads.
 
 Example::
 
@@ -89,6 +93,27 @@ def _check_catalogue(sess: ort.InferenceSession, data: bytes, n_items: int) -> N
         _CHECKED.add(key)
 
 
+PADDING_ID = 0  # the runtime left-pads histories with item id 0
+
+
+def _check_metadata(meta: dict[str, str], max_len: int, n_items: int | None) -> None:
+    """Refuse a model whose export metadata contradicts the release config; absent keys pass."""
+    expected = {"max_len": (max_len, "the release config says"),
+                "n_items": (n_items, "the release config says"),
+                "padding_id": (PADDING_ID, "the device pads with")}
+    for field, (want, source) in expected.items():
+        if want is None or field not in meta:
+            continue
+        try:
+            got = int(meta[field])
+        except ValueError:
+            raise ModelLoadError(f"the model's metadata gives {field} {meta[field][:40]!r}, "
+                                 "not an integer") from None
+        if got != want:
+            raise ModelLoadError(f"{field} mismatch: the model was exported with {field} {got}, "
+                                 f"{source} {want}")
+
+
 class OnnxReranker:
     def __init__(self, data: bytes, max_len: int, version: str, threads: int = 1,
                  n_items: int | None = None) -> None:
@@ -99,6 +124,9 @@ class OnnxReranker:
         self.n_items = n_items  # catalogue size, when known: enables score_catalogue
         self.neighbours: NeighbourIndex | None = None  # the cloud's index released with the model
         self.session = _session(data, threads)
+        # What the export wrote into the file (all strings); empty for older exports.
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        _check_metadata(self.metadata, max_len, n_items)
         if n_items is not None:
             _check_catalogue(self.session, data, n_items)
         self._catalogue = None if n_items is None else np.arange(1, n_items + 1, dtype=np.int64)[None, :]

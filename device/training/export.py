@@ -5,8 +5,12 @@ The graph takes ``history`` (B, L) int64 (left-padded) and ``candidates``
 ``candidate_embeddings`` (B, C, D) float32, the candidates' rows of the item
 embedding table, which the device's per-user adaptation works in (so no side
 file travels with the model). After export the file is checked against torch
-on random inputs with ONNX Runtime. :func:`quantize_int8` writes an int8
-variant (weights quantised, activations quantised on the fly).
+on random inputs with ONNX Runtime. The file's metadata (``metadata_props``,
+all strings) carries the facts the device checks a release config against:
+``max_len``, ``n_items``, ``padding_id`` (always 0), ``arch`` and the
+``dcrec_version`` that exported it (the model version is assigned later, at
+publish, from the file's digest, so it is not among them). :func:`quantize_int8`
+writes an int8 variant (weights quantised, activations quantised on the fly).
 
 Example::
 
@@ -16,12 +20,15 @@ Example::
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from device.reranker import PADDING_ID  # the device's padding, which every arch's item_emb row 0 is
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +47,39 @@ class ExportedScorer(nn.Module):
         return self.model.score(history, candidates), self.model.item_emb(candidates)
 
 
+def model_metadata(model: nn.Module) -> dict[str, str]:
+    """The facts about ``model`` written into its ONNX file's metadata (see the module docstring)."""
+    from device.training.archs import arch_of
+
+    meta = {"max_len": str(model.cfg.max_len), "n_items": str(model.cfg.n_items),
+            "padding_id": str(PADDING_ID)}
+    try:
+        meta["arch"] = arch_of(model)
+    except ValueError:  # an unregistered module still exports, without a name
+        pass
+    try:
+        meta["dcrec_version"] = importlib.metadata.version("dcrec")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not installed
+        pass
+    return meta
+
+
+def write_metadata(path: str | Path, meta: dict[str, str]) -> None:
+    """Set ``meta`` as the ONNX file's ``metadata_props`` (replacing keys of the same name)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    kept = [p for p in proto.metadata_props if p.key not in meta]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
+
+
 def export_onnx(model: nn.Module, path: str | Path, check: bool = True) -> Path:
-    """Write ``model`` (any architecture in :mod:`device.training.archs`) to ``path`` as ONNX."""
+    """Write ``model`` (any architecture in :mod:`device.training.archs`) to ``path`` as ONNX,
+    with :func:`model_metadata` in the file's metadata."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A fresh wrapper starts in training mode, and export restores the wrapper's
@@ -60,6 +98,7 @@ def export_onnx(model: nn.Module, path: str | Path, check: bool = True) -> Path:
         opset_version=OPSET, dynamo=False,
     )
     model.eval()
+    write_metadata(path, model_metadata(model))
     if check:
         err = parity_error(model, path)
         log.info("exported %s (%d bytes), max |onnx - torch| = %.2e", path, path.stat().st_size, err)

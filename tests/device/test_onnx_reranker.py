@@ -66,3 +66,51 @@ print('ok')
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
     assert json.loads((device_model_dir / "model.json").read_text())["max_len"] == 50
+
+
+def _with_metadata(path: Path, meta: dict[str, str] | None) -> bytes:
+    """The model at ``path`` with its metadata replaced by ``meta`` (None: removed)."""
+    onnx = pytest.importorskip("onnx")
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for key, value in (meta or {}).items():
+        proto.metadata_props.add(key=key, value=value)
+    return bytes(proto.SerializeToString())
+
+
+def test_export_writes_the_model_facts_into_the_onnx_metadata(device_model_dir: Path) -> None:
+    from importlib.metadata import version
+
+    config = json.loads((device_model_dir / "model.json").read_text())
+    rr = OnnxReranker.from_file(device_model_dir / "model.onnx", config["max_len"],
+                                n_items=config["n_items"])
+    assert rr.metadata == {"max_len": "50", "n_items": "1682", "padding_id": "0",
+                           "arch": "sasrec", "dcrec_version": version("dcrec")}
+
+
+@pytest.mark.parametrize(("max_len", "n_items", "match"), [
+    (50, 1000, r"n_items mismatch: .*exported with n_items 1682, the release config says 1000"),
+    (20, 1682, r"max_len mismatch: .*exported with max_len 50, the release config says 20"),
+])
+def test_a_config_that_contradicts_the_metadata_is_refused(device_model_dir: Path, max_len: int,
+                                                           n_items: int, match: str) -> None:
+    # n_items 1000 < 1682 passes the probe of the last item: only the metadata catches the lie.
+    with pytest.raises(ModelLoadError, match=match):
+        OnnxReranker.from_file(device_model_dir / "model.onnx", max_len, n_items=n_items)
+
+
+def test_metadata_with_other_padding_or_garbage_is_refused(device_model_dir: Path) -> None:
+    path = device_model_dir / "model.onnx"
+    with pytest.raises(ModelLoadError, match="padding_id mismatch: .* 1, the device pads with 0"):
+        OnnxReranker(_with_metadata(path, {"padding_id": "1"}), 50, "x")
+    with pytest.raises(ModelLoadError, match="n_items 'many', not an integer"):
+        OnnxReranker(_with_metadata(path, {"n_items": "many"}), 50, "x", n_items=1682)
+
+
+def test_a_model_without_metadata_still_loads(device_model_dir: Path) -> None:
+    path = device_model_dir / "model.onnx"
+    bare = OnnxReranker(_with_metadata(path, None), 50, "old", n_items=1000)
+    assert bare.metadata == {}
+    rng = np.random.default_rng(0)
+    hist, cand = rng.integers(1, 1001, 20), rng.integers(1, 1001, 30)
+    assert np.allclose(bare.score(hist, cand), OnnxReranker.from_file(path, 50).score(hist, cand))

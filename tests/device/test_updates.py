@@ -28,6 +28,7 @@ from device.updates import (
     ModelRejected,
     ModelUpdater,
     TrustedKeys,
+    install,
     installed_sequence,
     load_installed,
     verify,
@@ -139,6 +140,15 @@ def test_verify_without_keys_still_checks_digest_and_order(device_model_dir: Pat
     with pytest.raises(ModelRejected, match="unsigned"):
         signer = Signer.generate()
         verify(ok, TrustedKeys({signer.key_id: signer.public}))
+
+
+def test_a_release_config_that_lies_about_the_catalogue_is_refused(tmp_path: Path,
+                                                                    device_model_dir: Path) -> None:
+    onnx = (device_model_dir / "model.onnx").read_bytes()
+    lying = release(None, "a", onnx, 1, {"max_len": 50, "n_items": 1000})  # the model has 1682
+    with pytest.raises(ModelRejected, match="n_items mismatch: .*1682.*1000"):
+        install(lying, tmp_path / "model")
+    assert installed_sequence(tmp_path / "model") == 0 and not (tmp_path / "model").exists()
 
 
 def test_registry_signs_releases_the_device_accepts(tmp_path: Path, device_model_dir: Path) -> None:
