@@ -161,8 +161,8 @@ class TelemetrySink:
                                 sort_keys=True) for r, payload in taken]
             for r, payload in taken:
                 self._count(r.kind, payload)
-            for _ in rejected:
-                self.telemetry.observe_device_rejected()
+            if rejected:
+                self.telemetry.observe_device_rejected(len(rejected))
             self.accepted += len(taken)
             self.duplicates += duplicates
             self.rejected += len(rejected)

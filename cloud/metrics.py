@@ -178,8 +178,9 @@ class Telemetry:
         """One accepted telemetry record of ``kind`` (kinds outside :attr:`kinds` count as other)."""
         self.device_records.labels(kind=bounded("kind", kind, self.kinds)).inc()
 
-    def observe_device_rejected(self) -> None:
-        self.device_rejected.inc()
+    def observe_device_rejected(self, n: int = 1) -> None:
+        """``n`` telemetry records refused for good."""
+        self.device_rejected.inc(n)
 
     def observe_device_request(self, reason: str, ok: bool, latency_ms: float | None) -> None:
         """One request a device logged: its reason, whether it got a list, the latency it saw."""

@@ -41,8 +41,14 @@ def server(cloud_model_dir: Path) -> Iterator[CloudServer]:
 
 
 @pytest.fixture(scope="module")
-def stub(server: CloudServer) -> pb_grpc.RecommenderStub:
-    return pb_grpc.RecommenderStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+def raw_channel(server: CloudServer) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        yield channel
+
+
+@pytest.fixture(scope="module")
+def stub(raw_channel: grpc.Channel) -> pb_grpc.RecommenderStub:
+    return pb_grpc.RecommenderStub(raw_channel)
 
 
 def requests_counted(t: Telemetry, reason: str = "expired") -> float:
@@ -240,32 +246,22 @@ def _answer(call: object, request: object) -> grpc.StatusCode:
         return e.code()  # type: ignore[no-any-return]
 
 
+@pytest.mark.parametrize("method,messages", [("GetCandidates", get_candidates),
+                                             ("ReportTelemetry", telemetry),
+                                             ("GetDeviceModel", model)])
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(req=get_candidates)
-def test_any_get_candidates_gets_a_deliberate_answer(stub: pb_grpc.RecommenderStub,
-                                                     req: pb.GetCandidatesRequest) -> None:
-    assert _answer(stub.GetCandidates, req) in ANSWERS
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(req=telemetry)
-def test_any_report_telemetry_gets_a_deliberate_answer(stub: pb_grpc.RecommenderStub,
-                                                       req: pb.ReportTelemetryRequest) -> None:
-    assert _answer(stub.ReportTelemetry, req) in ANSWERS
-
-
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(req=model)
-def test_any_get_device_model_gets_a_deliberate_answer(stub: pb_grpc.RecommenderStub,
-                                                       req: pb.GetDeviceModelRequest) -> None:
-    assert _answer(stub.GetDeviceModel, req) in ANSWERS
+@given(data=st.data())
+def test_any_message_gets_a_deliberate_answer(stub: pb_grpc.RecommenderStub, method: str,
+                                              messages: st.SearchStrategy[object],
+                                              data: st.DataObject) -> None:
+    assert _answer(getattr(stub, method), data.draw(messages)) in ANSWERS
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(method=st.sampled_from(["GetCandidates", "ReportTelemetry", "GetDeviceModel"]),
        data=st.binary(max_size=300))
-def test_any_bytes_get_a_deliberate_answer(server: CloudServer, method: str, data: bytes) -> None:
-    raw = grpc.insecure_channel(f"127.0.0.1:{server.port}").unary_unary(
+def test_any_bytes_get_a_deliberate_answer(raw_channel: grpc.Channel, method: str, data: bytes) -> None:
+    raw = raw_channel.unary_unary(
         f"/dcrec.v1.Recommender/{method}", request_serializer=lambda b: b,
         response_deserializer=lambda b: b)
     assert _answer(raw, data) in ANSWERS
