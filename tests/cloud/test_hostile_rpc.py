@@ -184,23 +184,12 @@ def test_every_resource_exhausted_a_client_sees_is_counted(cloud_model_dir: Path
         held = [stub.GetCandidates.future(req, timeout=20) for _ in range(2)]
         wait_for(lambda: cs.limiter.inflight == 2)
         # The limiter refuses these on its spare threads.
-        codes = []
-        for _ in range(30):
-            try:
-                stub.GetCandidates(req, timeout=5)
-                codes.append(grpc.StatusCode.OK)
-            except grpc.RpcError as e:
-                codes.append(e.code())
+        codes = [_answer(stub.GetCandidates, req) for _ in range(30)]
         # Fill every thread: gRPC core refuses the next calls itself, before any handler runs.
         holders = [channel.unary_unary("/test.Hold/Hold").future(b"", timeout=20)
                    for _ in range(cfg.threads - 2)]
         wait_for(lambda: cs.server._state.active_rpc_count >= cfg.threads)  # type: ignore[attr-defined]
-        for _ in range(10):
-            try:
-                stub.GetCandidates(req, timeout=5)
-                codes.append(grpc.StatusCode.OK)
-            except grpc.RpcError as e:
-                codes.append(e.code())
+        codes += [_answer(stub.GetCandidates, req) for _ in range(10)]
         gate.set()
         assert all(f.result(timeout=10) for f in held)
         for h in holders:
