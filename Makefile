@@ -29,7 +29,7 @@ lint: install
 	$(VENV)/bin/ruff check cloud device shared simulator tests
 
 protos: install
-	$(PY) -m shared.protogen
+	$(PY) -m dcrec.shared.protogen
 
 clean:
 	rm -rf $(VENV) runs

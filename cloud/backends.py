@@ -21,15 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from cloud.generator import CandidateGenerator
-from shared.data import Dataset
+from dcrec.cloud.generator import CandidateGenerator
+from dcrec.shared.data import Dataset
 
 # name -> module implementing train() and load_generator(); imported lazily so
 # that a server for one backend never imports another's heavy dependencies.
 BACKENDS: dict[str, str] = {
-    "cooccurrence": "cloud.cooccurrence",
-    "textrec": "cloud.textrec.backend",
-    "llm": "cloud.llm.backend",
+    "cooccurrence": "dcrec.cloud.cooccurrence",
+    "textrec": "dcrec.cloud.textrec.backend",
+    "llm": "dcrec.cloud.llm.backend",
 }
 
 MANIFEST = "backend.json"

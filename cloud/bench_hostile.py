@@ -4,7 +4,7 @@ Two ``dcrec cloud serve`` processes on loopback, the same model and settings.
 Into one, a single device first uploads ``records`` telemetry records whose
 reasons and kinds are all distinct (the attack that used to mint one metric
 series per record); the other stays clean. Then a load generator
-(:mod:`cloud.loadgen`, its own process) drives each in turn with closed-loop
+(:mod:`dcrec.cloud.loadgen`, its own process) drives each in turn with closed-loop
 clients while a scraper reads its ``/metrics`` twice a second, as Prometheus
 and a dashboard would. The two are measured interleaved over ``rounds``
 (alternating which goes first), so both see the same machine; the table gives
@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from cloud.bench_serving import BenchConfig, ServerProcess, _histories, _loadgen
-from cloud.loadgen import flood_telemetry, save_histories
+from dcrec.cloud.bench_serving import BenchConfig, ServerProcess, _histories, _loadgen
+from dcrec.cloud.loadgen import flood_telemetry, save_histories
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class _Scraper(threading.Thread):
 
 def run(cfg: HostileConfig, say: Any = lambda s: None) -> dict[str, Any]:
     """Two servers, one flooded; returns the rows and the summary."""
-    from cloud.backends import load_generator
+    from dcrec.cloud.backends import load_generator
 
     cfg.validate()
     workdir = Path(cfg.out_dir or tempfile.mkdtemp(prefix="dcrec-bench-hostile-"))

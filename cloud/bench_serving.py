@@ -2,7 +2,7 @@
 
 Starts two ``dcrec cloud serve`` processes on loopback (one answering each
 call alone, one batching), then drives them from a separate load-generator
-process (:mod:`cloud.loadgen`) at each client count. The CPU may be shared
+process (:mod:`dcrec.cloud.loadgen`) at each client count. The CPU may be shared
 with other work, so the two settings are measured interleaved: every round
 visits every client count and alternates which setting goes first, and the
 table reports the median over rounds, with the load average seen at each
@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from cloud.loadgen import save_histories
+from dcrec.cloud.loadgen import save_histories
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,8 @@ class BenchConfig:
 def _histories(cfg: BenchConfig, n_items: int) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
     if cfg.dataset:
-        from shared.data import load_dataset
-        from shared.splits import leave_one_out
+        from dcrec.shared.data import load_dataset
+        from dcrec.shared.splits import leave_one_out
 
         ds = load_dataset(cfg.dataset)
         if ds.n_items != n_items:
@@ -85,7 +85,7 @@ class ServerProcess:
         self.ready = workdir / f"{name}.port"
         self.http_ready = workdir / f"{name}.http"
         self.log_path = workdir / f"{name}.log"
-        cmd = [sys.executable, "-m", "shared.cli", "cloud", "serve", "--model-dir", str(model_dir),
+        cmd = [sys.executable, "-m", "dcrec.shared.cli", "cloud", "serve", "--model-dir", str(model_dir),
                "--address", "127.0.0.1:0", "--ready-file", str(self.ready),
                "--http-address", "127.0.0.1:0", "--http-ready-file", str(self.http_ready),
                "--insecure", *extra]
@@ -124,7 +124,7 @@ class ServerProcess:
 
 
 def _loadgen(address: str, histories: Path, clients: int, cfg: BenchConfig) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "cloud.loadgen", "--address", address, "--histories",
+    cmd = [sys.executable, "-m", "dcrec.cloud.loadgen", "--address", address, "--histories",
            str(histories), "--clients", str(clients), "--duration", str(cfg.duration_s),
            "--warmup", str(cfg.warmup_s), "--count", str(cfg.count)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False,
@@ -136,7 +136,7 @@ def _loadgen(address: str, histories: Path, clients: int, cfg: BenchConfig) -> d
 
 def run(cfg: BenchConfig, say: Any = lambda s: None) -> dict[str, Any]:
     """Measure both settings at every client count; returns the rows and the summary."""
-    from cloud.backends import load_generator, read_manifest
+    from dcrec.cloud.backends import load_generator, read_manifest
 
     cfg.validate()
     manifest = read_manifest(cfg.model_dir)

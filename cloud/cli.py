@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from shared.cliutil import (
+from dcrec.shared.cliutil import (
     UsageError,
     data_args,
     key_value,
@@ -20,11 +20,11 @@ from shared.cliutil import (
     positive_int,
     positive_int_list,
 )
-from shared.cliutil import duration as parse_duration
+from dcrec.shared.cliutil import duration as parse_duration
 
 
 def cmd_cloud_train(ns: argparse.Namespace) -> int:
-    from cloud import backends
+    from dcrec.cloud import backends
 
     ds, split = load_split(ns.dataset, ns.cloud_fraction)
     start = time.perf_counter()
@@ -51,7 +51,7 @@ def _write_ready(path: str | None, port: int) -> None:
 
 def _batching(ns: argparse.Namespace):  # type: ignore[no-untyped-def]
     """The batch settings from the serve flags, or None (each call alone) for a max size of 1."""
-    from cloud.batching import BatchConfig
+    from dcrec.cloud.batching import BatchConfig
 
     if ns.batch_max_size == 1:
         return None
@@ -66,7 +66,7 @@ def _batching(ns: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _serve_replicas(ns: argparse.Namespace) -> int:
-    from cloud.replicas import Replicas
+    from dcrec.cloud.replicas import Replicas
 
     replicas = Replicas(ns, ns.processes, ns.address, ns.ready_file, ns.http_address,
                         ns.http_ready_file)
@@ -79,10 +79,10 @@ def _serve_replicas(ns: argparse.Namespace) -> int:
 
 
 def cmd_cloud_serve(ns: argparse.Namespace) -> int:
-    from cloud.backends import load_generator
-    from cloud.registry import CloudModelRegistry, ModelRegistry
-    from cloud.server import ServerConfig, TlsConfig, serve
-    from cloud.service import CandidateService, ServiceConfig
+    from dcrec.cloud.backends import load_generator
+    from dcrec.cloud.registry import CloudModelRegistry, ModelRegistry
+    from dcrec.cloud.server import ServerConfig, TlsConfig, serve
+    from dcrec.cloud.service import CandidateService, ServiceConfig
 
     batching = _batching(ns)
     cert, key = _tls_paths(ns)
@@ -109,12 +109,12 @@ def cmd_cloud_serve(ns: argparse.Namespace) -> int:
     service = CandidateService(generator, ServiceConfig(ttl_seconds=ns.ttl))
     signer = None
     if ns.signing_key:
-        from cloud.signing import Signer
+        from dcrec.cloud.signing import Signer
 
         signer = Signer.from_file(ns.signing_key)
     trusted = None
     if ns.trusted_key:
-        from shared.signatures import load_trusted_keys
+        from dcrec.shared.signatures import load_trusted_keys
 
         trusted = load_trusted_keys(ns.trusted_key)
     # With a signing key or trusted keys, a release is served only once its signature verifies.
@@ -124,7 +124,7 @@ def cmd_cloud_serve(ns: argparse.Namespace) -> int:
               "(give --trusted-key or --signing-key)", file=sys.stderr, flush=True)
     authority = None
     if ns.auth_secret:
-        from cloud.auth import TokenAuthority
+        from dcrec.cloud.auth import TokenAuthority
 
         authority = TokenAuthority.from_file(ns.auth_secret)
     tls = TlsConfig(cert, key, ns.tls_client_ca) if cert and key else None
@@ -135,7 +135,7 @@ def cmd_cloud_serve(ns: argparse.Namespace) -> int:
                           max_inflight=ns.max_inflight, max_request_bytes=ns.max_request_bytes)
     http = None
     if ns.http_address:
-        from cloud.http.runner import HttpConfig
+        from dcrec.cloud.http.runner import HttpConfig
 
         http = HttpConfig(ns.http_address, cert, key)
 
@@ -147,7 +147,7 @@ def cmd_cloud_serve(ns: argparse.Namespace) -> int:
         print(f"operator HTTP on port {port}", file=sys.stderr, flush=True)
         _write_ready(ns.http_ready_file, port)
 
-    from cloud.device_telemetry import TelemetryConfig
+    from dcrec.cloud.device_telemetry import TelemetryConfig
 
     serve(ns.address, service, registry, config, announce, authority=authority, http=http,
           cloud_registry=cloud_registry, on_http_ready=announce_http,
@@ -156,9 +156,9 @@ def cmd_cloud_serve(ns: argparse.Namespace) -> int:
 
 
 def cmd_cloud_eval(ns: argparse.Namespace) -> int:
-    from cloud.backends import load_generator
-    from cloud.evaluation import evaluate_loo, markdown
-    from shared.data import load_dataset
+    from dcrec.cloud.backends import load_generator
+    from dcrec.cloud.evaluation import evaluate_loo, markdown
+    from dcrec.shared.data import load_dataset
 
     ds = load_dataset(ns.dataset)
     print(f"data: {ds.describe()}", file=sys.stderr)
@@ -178,7 +178,7 @@ def _levels(ns: argparse.Namespace) -> tuple[int, ...]:
 
 
 def cmd_cloud_bench_hostile(ns: argparse.Namespace) -> int:
-    from cloud.bench_hostile import HostileConfig, markdown, run
+    from dcrec.cloud.bench_hostile import HostileConfig, markdown, run
 
     cfg = HostileConfig(model_dir=Path(ns.model_dir), records=ns.records, clients=ns.clients,
                         duration_s=ns.duration, warmup_s=ns.warmup, rounds=ns.rounds,
@@ -190,7 +190,7 @@ def cmd_cloud_bench_hostile(ns: argparse.Namespace) -> int:
 
 
 def cmd_cloud_bench_serving(ns: argparse.Namespace) -> int:
-    from cloud.bench_serving import BenchConfig, markdown, run
+    from dcrec.cloud.bench_serving import BenchConfig, markdown, run
 
     cfg = BenchConfig(model_dir=Path(ns.model_dir), levels=_levels(ns), duration_s=ns.duration,
                       warmup_s=ns.warmup, rounds=ns.rounds, batch_max_size=ns.batch_max_size,
@@ -204,7 +204,7 @@ def cmd_cloud_bench_serving(ns: argparse.Namespace) -> int:
 
 
 def cmd_cloud_publish(ns: argparse.Namespace) -> int:
-    from cloud.registry import ModelRegistry
+    from dcrec.cloud.registry import ModelRegistry
 
     config = json.loads(Path(ns.config).read_text()) if ns.config else {}
     registry = ModelRegistry(ns.registry, _signer(ns))
@@ -216,7 +216,7 @@ def cmd_cloud_publish(ns: argparse.Namespace) -> int:
 
 
 def cmd_cloud_publish_cloud(ns: argparse.Namespace) -> int:
-    from cloud.registry import CloudModelRegistry
+    from dcrec.cloud.registry import CloudModelRegistry
 
     version = CloudModelRegistry(ns.registry).publish(ns.model_dir, ns.version,
                                                       make_current=not ns.no_promote)
@@ -225,8 +225,8 @@ def cmd_cloud_publish_cloud(ns: argparse.Namespace) -> int:
 
 
 def cmd_cloud_neighbours(ns: argparse.Namespace) -> int:
-    from cloud import backends
-    from cloud.neighbours import build
+    from dcrec.cloud import backends
+    from dcrec.cloud.neighbours import build
 
     index = build(backends.load_generator(ns.model_dir), ns.neighbours)
     sha256 = index.save(ns.out)
@@ -239,13 +239,13 @@ def cmd_cloud_neighbours(ns: argparse.Namespace) -> int:
 def _signer(ns: argparse.Namespace):  # type: ignore[no-untyped-def]
     if not getattr(ns, "signing_key", None):
         return None
-    from cloud.signing import Signer
+    from dcrec.cloud.signing import Signer
 
     return Signer.from_file(ns.signing_key)
 
 
 def cmd_cloud_models(ns: argparse.Namespace) -> int:
-    from cloud.registry import CloudModelRegistry, ModelRegistry
+    from dcrec.cloud.registry import CloudModelRegistry, ModelRegistry
 
     reg = (ModelRegistry(ns.registry, _signer(ns)) if ns.kind == "device"
            else CloudModelRegistry(ns.registry))
@@ -265,7 +265,7 @@ def cmd_cloud_models(ns: argparse.Namespace) -> int:
 
 
 def cmd_cloud_token(ns: argparse.Namespace) -> int:
-    from cloud.auth import TokenAuthority
+    from dcrec.cloud.auth import TokenAuthority
 
     authority = TokenAuthority.from_file(ns.auth_secret)
     role = "device" if ns.device_id else "operator"  # argparse requires exactly one of the two
@@ -280,11 +280,11 @@ def cmd_cloud_keygen(ns: argparse.Namespace) -> int:
         if existing and Path(existing).exists():
             raise ValueError(f"{existing} exists; refusing to overwrite a key")
     if ns.auth_secret:
-        from cloud.auth import write_secret
+        from dcrec.cloud.auth import write_secret
 
         print(f"auth secret written to {write_secret(ns.auth_secret)}")
     if ns.signing_dir:
-        from cloud.signing import write_keypair
+        from dcrec.cloud.signing import write_keypair
 
         private, public = write_keypair(ns.signing_dir)
         print(f"signing key {private} (keep secret); devices trust {public}")

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from cloud.backends import write_manifest
-from cloud.generator import CandidateList
-from shared.data import Dataset
+from dcrec.cloud.backends import write_manifest
+from dcrec.cloud.generator import CandidateList
+from dcrec.shared.data import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def train(dataset: Dataset, train_sequences: list[np.ndarray], out_dir: Path,
 
 
 def load_generator(model_dir: Path) -> CooccurrenceGenerator:
-    from cloud.backends import read_manifest
+    from dcrec.cloud.backends import read_manifest
 
     manifest = read_manifest(model_dir)
     with np.load(model_dir / "cooccurrence.npz") as z:

@@ -24,7 +24,7 @@ not a JSON object, nested deeper than 16 levels, holding NaN or Infinity, or
 (kind ``request``) not of the request schema: ``reason`` a lower-case name,
 ``ok`` a boolean (whether the device got a list), ``latency_ms`` optional, a
 finite number >= 0. Metric labels come from closed sets
-(:mod:`cloud.metrics`): a reason or kind outside them counts as ``other``.
+(:mod:`dcrec.cloud.metrics`): a reason or kind outside them counts as ``other``.
 
 Example::
 
@@ -43,8 +43,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloud.metrics import Telemetry
-from cloud.service import InvalidRequest
+from dcrec.cloud.metrics import Telemetry
+from dcrec.cloud.service import InvalidRequest
 
 KIND = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 MAX_SEQUENCE = 2**53  # outbox ids are SQLite rowids; anything larger is no outbox's
@@ -119,7 +119,7 @@ class TelemetrySink:
         A record is acked when it is stored or was stored before (a resend), and
         rejected, for good, when it is malformed; nothing is counted until the
         whole batch has been checked, so a call either takes its records or fails
-        as a whole. Raises :class:`~cloud.service.InvalidRequest` (nothing taken)
+        as a whole. Raises :class:`~dcrec.cloud.service.InvalidRequest` (nothing taken)
         when the call as a whole is out of range.
         """
         if len(stream) > 64:

@@ -3,8 +3,8 @@
 Protocol (the literature's, DESIGN.md): each user's newest item is the
 target, the rest of the sequence is the (fresh) history; the model ranks the
 full catalogue and we read its top-``count`` list, so a target outside the
-list is a miss (``shared.metrics.ranks_in_lists``). Lists come from the
-generator's own batch call via ``simulator.bench.scoring.cloud_lists``, the
+list is a miss (``dcrec.shared.metrics.ranks_in_lists``). Lists come from the
+generator's own batch call via ``dcrec.simulator.bench.scoring.cloud_lists``, the
 same path the harness and the server use.
 
 Example::
@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cloud.generator import CandidateGenerator
-from shared.data import Dataset
-from shared.metrics import ranks_in_lists, summarize
-from shared.splits import leave_one_out
+from dcrec.cloud.generator import CandidateGenerator
+from dcrec.shared.data import Dataset
+from dcrec.shared.metrics import ranks_in_lists, summarize
+from dcrec.shared.splits import leave_one_out
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class LooResult:
 def evaluate_loo(gen: CandidateGenerator, ds: Dataset, count: int = 100,
                  max_users: int | None = None, seed: int = 0, batch: int = 256) -> LooResult:
     """HR@k, NDCG@k (k = 5, 10, 20), MRR and recall of the top-``count`` list, leave-one-out."""
-    from simulator.bench.scoring import cloud_lists
+    from dcrec.simulator.bench.scoring import cloud_lists
 
     if gen.n_items != ds.n_items:
         raise ValueError(f"the model knows {gen.n_items} items but {ds.name} has {ds.n_items}: "
@@ -66,7 +66,7 @@ def evaluate_loo(gen: CandidateGenerator, ds: Dataset, count: int = 100,
 
 def markdown(results: list[LooResult]) -> str:
     """One row per result, in the harness's column order (simulator.bench.report)."""
-    from simulator.bench.report import COLUMNS
+    from dcrec.simulator.bench.report import COLUMNS
 
     head = "| model | data | users | list | " + " | ".join(COLUMNS) + " |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 4)]

@@ -1,7 +1,7 @@
 """The cloud's extension point: anything that turns histories into candidate lists.
 
 A backend is one new module that implements :class:`CandidateGenerator` and
-registers a loader in :mod:`cloud.backends`; the gRPC server never changes.
+registers a loader in :mod:`dcrec.cloud.backends`; the gRPC server never changes.
 
 Example::
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import grpc
 
-from cloud.metrics import Telemetry
+from dcrec.cloud.metrics import Telemetry
 
 log = logging.getLogger(__name__)
 

@@ -5,14 +5,14 @@ for the answer and send the next, for ``warmup_s + duration_s`` seconds;
 only calls that start after the warm-up count. Requests are built once up
 front from the histories file, so the client spends its CPU on the calls.
 
-Run by :mod:`cloud.bench_serving`; by hand::
+Run by :mod:`dcrec.cloud.bench_serving`; by hand::
 
-    python -m cloud.loadgen --address 127.0.0.1:50051 --histories h.npz --clients 64 --duration 20
+    python -m dcrec.cloud.loadgen --address 127.0.0.1:50051 --histories h.npz --clients 64 --duration 20
 
 prints one JSON object: ``ok``, ``errors`` (by status code), ``seconds``,
 ``throughput`` (OK answers per second), ``p50_ms``, ``p99_ms``, ``mean_ms``.
 
-:func:`flood_telemetry` is the hostile client of :mod:`cloud.bench_hostile`:
+:func:`flood_telemetry` is the hostile client of :mod:`dcrec.cloud.bench_hostile`:
 one device uploading records whose reasons and kinds are all distinct.
 """
 
@@ -29,8 +29,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from shared.proto.dcrec.v1 import recommend_pb2 as pb
-from shared.proto.dcrec.v1 import recommend_pb2_grpc as pb_grpc
+from dcrec.shared.proto.dcrec.v1 import recommend_pb2 as pb
+from dcrec.shared.proto.dcrec.v1 import recommend_pb2_grpc as pb_grpc
 
 TELEMETRY_BATCH = 500  # records per ReportTelemetry call: the server's per-call maximum
 

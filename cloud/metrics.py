@@ -35,7 +35,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from shared.contract import Reason
+from dcrec.shared.contract import Reason
 
 # No ``*_created`` series: they double the page and no dashboard here reads them.
 disable_created_metrics()

@@ -1,4 +1,4 @@
-"""Build the neighbour index a device ships with (:mod:`shared.neighbours`) from a cloud model.
+"""Build the neighbour index a device ships with (:mod:`dcrec.shared.neighbours`) from a cloud model.
 
 Every item ``i`` is asked of the cloud's own generator as the one-item
 history ``[i]``: the row is the cloud's answer, whatever the backend, so the
@@ -18,8 +18,8 @@ import logging
 
 import numpy as np
 
-from cloud.generator import CandidateGenerator
-from shared.neighbours import NeighbourIndex
+from dcrec.cloud.generator import CandidateGenerator
+from dcrec.shared.neighbours import NeighbourIndex
 
 log = logging.getLogger(__name__)
 

@@ -38,13 +38,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.contract import DeviceModel, manifest_bytes
-from shared.fileio import write_atomic
-from shared.neighbours import NeighbourIndex, NeighbourIndexError
-from shared.signatures import SignatureError, TrustedKeys, check_signature
+from dcrec.shared.contract import DeviceModel, manifest_bytes
+from dcrec.shared.fileio import write_atomic
+from dcrec.shared.neighbours import NeighbourIndex, NeighbourIndexError
+from dcrec.shared.signatures import SignatureError, TrustedKeys, check_signature
 
 if TYPE_CHECKING:
-    from cloud.signing import Signer
+    from dcrec.cloud.signing import Signer
 
 log = logging.getLogger(__name__)
 

@@ -9,14 +9,14 @@ SIGTERM/SIGINT: new calls are refused and health turns NOT_SERVING first,
 then in-flight calls get ``grace_s`` seconds to finish.
 
 Batching: with ``ServerConfig(batching=BatchConfig(...))`` concurrent
-GetCandidates calls queue into a :class:`~cloud.batching.DynamicBatcher` and
+GetCandidates calls queue into a :class:`~dcrec.cloud.batching.DynamicBatcher` and
 share generator calls; a full queue answers ``RESOURCE_EXHAUSTED``, a call
 whose deadline passes while queued ``DEADLINE_EXCEEDED`` (never computed).
 Every response carries the trailing metadata ``dcrec-replica``: an opaque id
 of the server instance, so clients and tests can tell replicas sharing a port
 (``grpc.so_reuseport``) apart.
 
-Security: with a :class:`~cloud.auth.TokenAuthority` every call needs a device
+Security: with a :class:`~dcrec.cloud.auth.TokenAuthority` every call needs a device
 token and acts for the device the token names; with a :class:`TlsConfig` the
 channel is TLS, and mutual TLS when ``client_ca_file`` is set. Plaintext needs
 ``ServerConfig(insecure=True)`` (the default only when no config is given,
@@ -47,8 +47,8 @@ from typing import TYPE_CHECKING
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from cloud.auth import AuthInterceptor, TokenAuthority, current_identity
-from cloud.batching import (
+from dcrec.cloud.auth import AuthInterceptor, TokenAuthority, current_identity
+from dcrec.cloud.batching import (
     Arrival,
     BatchConfig,
     BatcherClosed,
@@ -56,19 +56,19 @@ from cloud.batching import (
     DynamicBatcher,
     QueueFull,
 )
-from cloud.device_telemetry import TelemetryConfig, TelemetryItem, TelemetrySink
-from cloud.events import DeviceEventLog
-from cloud.interceptors import ErrorInterceptor, LimiterInterceptor, TelemetryInterceptor
-from cloud.metrics import Telemetry
-from cloud.registry import ModelRegistry, RegistryError, ReleaseRefused
-from cloud.service import CandidateService, InvalidRequest
-from shared.contract import CandidatesRequest, CandidatesResponse
-from shared.convert import model_to_pb, request_from_pb, response_to_pb
-from shared.proto.dcrec.v1 import recommend_pb2 as pb
-from shared.proto.dcrec.v1 import recommend_pb2_grpc as pb_grpc
+from dcrec.cloud.device_telemetry import TelemetryConfig, TelemetryItem, TelemetrySink
+from dcrec.cloud.events import DeviceEventLog
+from dcrec.cloud.interceptors import ErrorInterceptor, LimiterInterceptor, TelemetryInterceptor
+from dcrec.cloud.metrics import Telemetry
+from dcrec.cloud.registry import ModelRegistry, RegistryError, ReleaseRefused
+from dcrec.cloud.service import CandidateService, InvalidRequest
+from dcrec.shared.contract import CandidatesRequest, CandidatesResponse
+from dcrec.shared.convert import model_to_pb, request_from_pb, response_to_pb
+from dcrec.shared.proto.dcrec.v1 import recommend_pb2 as pb
+from dcrec.shared.proto.dcrec.v1 import recommend_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
-    from cloud.http.runner import HttpConfig
+    from dcrec.cloud.http.runner import HttpConfig
 
 log = logging.getLogger(__name__)
 
@@ -383,8 +383,8 @@ def serve(address: str, service: CandidateService, registry: ModelRegistry | Non
             log.warning("cloud model registry unreadable at start-up: %s", e)
     http_server = None
     if http is not None:
-        from cloud.http.app import OpsState
-        from cloud.http.runner import HttpServer
+        from dcrec.cloud.http.app import OpsState
+        from dcrec.cloud.http.runner import HttpServer
 
         state = OpsState(service=service, telemetry=cs.telemetry, events=cs.servicer.events,
                          device_registry=registry, cloud_registry=cloud_registry,  # type: ignore[arg-type]

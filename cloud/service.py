@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cloud.generator import CandidateGenerator
-from shared.contract import CandidatesRequest, CandidatesResponse
+from dcrec.cloud.generator import CandidateGenerator
+from dcrec.shared.contract import CandidatesRequest, CandidatesResponse
 
 log = logging.getLogger(__name__)
 

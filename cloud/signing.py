@@ -1,11 +1,11 @@
 """Ed25519 keys and signatures for device-model releases.
 
-The registry signs :func:`shared.contract.manifest_bytes` (version, release
+The registry signs :func:`dcrec.shared.contract.manifest_bytes` (version, release
 sequence, sha256 of the ONNX file, config) with a private key that never
 leaves the operator's side; devices hold the public key and refuse anything
-it did not sign (see :mod:`device.updates`), and so does a server given the
+it did not sign (see :mod:`dcrec.device.updates`), and so does a server given the
 public key before it hands a release out (the check is
-:func:`shared.signatures.check_signature`).
+:func:`dcrec.shared.signatures.check_signature`).
 
 Example::
 
@@ -22,7 +22,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from shared.signatures import TrustedKeys, key_id
+from dcrec.shared.signatures import TrustedKeys, key_id
 
 PRIVATE_NAME = "signing.pem"
 PUBLIC_NAME = "signing.pub.pem"

@@ -37,7 +37,7 @@ class LatencyRow:
 def bench_latency(model: object, workdir: str | Path, candidates: int = 100, history: int = 50,
                   calls: int = 2000, warmup: int = 50, threads: int = 1,
                   seed: int = 0, neighbours: str | Path | None = None) -> list[LatencyRow]:
-    """Time ``model`` (a torch reranker from :mod:`device.training.archs`) in every engine.
+    """Time ``model`` (a torch reranker from :mod:`dcrec.device.training.archs`) in every engine.
 
     ``neighbours``: a neighbour index file; adds a row for what the runtime does with it
     between requests (the local list of ``candidates`` items for the history, blended with
@@ -45,8 +45,8 @@ def bench_latency(model: object, workdir: str | Path, candidates: int = 100, his
     """
     import torch
 
-    from device.reranker import OnnxReranker
-    from device.training.export import export_onnx, quantize_int8
+    from dcrec.device.reranker import OnnxReranker
+    from dcrec.device.training.export import export_onnx, quantize_int8
 
     torch.set_num_threads(threads)
     work = Path(workdir)
@@ -75,8 +75,8 @@ def bench_latency(model: object, workdir: str | Path, candidates: int = 100, his
                                           for p in model.parameters()),  # type: ignore[attr-defined]
              "onnxruntime float32": fp32.stat().st_size, "onnxruntime int8": int8.stat().st_size}
     if neighbours is not None:
-        from device.fusion import blend_lists
-        from shared.neighbours import NeighbourIndex
+        from dcrec.device.fusion import blend_lists
+        from dcrec.shared.neighbours import NeighbourIndex
 
         index = NeighbourIndex.load(neighbours)
         cached_scores = np.sort(rng.random(candidates))[::-1]

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from shared.cliutil import (
+from dcrec.shared.cliutil import (
     UsageError,
     config_options,
     data_args,
@@ -20,12 +20,12 @@ from shared.cliutil import (
     positive_int,
     unit_interval,
 )
-from shared.progress import Progress
+from dcrec.shared.progress import Progress
 
 
 def cmd_device_train(ns: argparse.Namespace) -> int:
-    from device.training.sasrec import SASRecConfig
-    from device.training.train import TrainConfig, train_sasrec
+    from dcrec.device.training.sasrec import SASRecConfig
+    from dcrec.device.training.train import TrainConfig, train_sasrec
 
     # n_items is the catalogue's, known once the data is loaded; 1 lets the rest be checked now.
     model = config_options(options(ns.option), SASRecConfig, "--option", n_items=1)
@@ -45,17 +45,17 @@ def _load_any(model_dir: str) -> tuple[object, str]:
     """A trained reranker from ``train-reranker`` (reranker.json) or the legacy ``train`` (sasrec.json)."""
     d = Path(model_dir)
     if (d / "reranker.json").is_file():
-        from device.training import archs
+        from dcrec.device.training import archs
 
         model, meta = archs.load(d)
         return model, str(meta["arch"])
-    from device.training.train import load_sasrec
+    from dcrec.device.training.train import load_sasrec
 
     return load_sasrec(d), "sasrec"
 
 
 def cmd_device_export(ns: argparse.Namespace) -> int:
-    from device.training.export import export_onnx, quantize_int8
+    from dcrec.device.training.export import export_onnx, quantize_int8
 
     if ns.neighbours and not ns.registry:
         raise UsageError("--neighbours releases an index with the model: it needs --registry")
@@ -69,7 +69,7 @@ def cmd_device_export(ns: argparse.Namespace) -> int:
         q = quantize_int8(out, out.with_name(out.stem + ".int8.onnx"))
         print(f"int8 variant {q} ({q.stat().st_size / 1e6:.2f} MB)")
     if ns.registry:
-        from cloud.registry import ModelRegistry
+        from dcrec.cloud.registry import ModelRegistry
 
         version = ModelRegistry(ns.registry).publish(out, config, neighbours=ns.neighbours)
         index = f" with the neighbour index {ns.neighbours}" if ns.neighbours else ""
@@ -79,8 +79,8 @@ def cmd_device_export(ns: argparse.Namespace) -> int:
 
 def _split_sequences(ns: argparse.Namespace):  # type: ignore[no-untyped-def]
     """(dataset, training sequences, split) for the chosen protocol."""
-    from shared.data import load_dataset
-    from shared.splits import stale_cloud_split, time_split
+    from dcrec.shared.data import load_dataset
+    from dcrec.shared.splits import stale_cloud_split, time_split
 
     ds = load_dataset(ns.dataset)
     print(f"data: {ds.describe()}", file=sys.stderr)
@@ -92,7 +92,7 @@ def _split_sequences(ns: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _cloud(ns: argparse.Namespace, ds, train):  # type: ignore[no-untyped-def]
-    from cloud import backends
+    from dcrec.cloud import backends
 
     if ns.cloud_model:
         return backends.load_generator(ns.cloud_model)
@@ -102,8 +102,8 @@ def _cloud(ns: argparse.Namespace, ds, train):  # type: ignore[no-untyped-def]
 
 
 def cmd_train_reranker(ns: argparse.Namespace) -> int:
-    from device.training import archs
-    from device.training.collab import RerankTrainConfig, backend_fitter, train_reranker
+    from dcrec.device.training import archs
+    from dcrec.device.training.collab import RerankTrainConfig, backend_fitter, train_reranker
 
     extra = options(ns.train_option, "--train-option")
     if isinstance(extra.get("lags"), list):
@@ -130,8 +130,8 @@ def cmd_train_reranker(ns: argparse.Namespace) -> int:
 def cmd_eval_rerank(ns: argparse.Namespace) -> int:
     import numpy as np
 
-    from device.training.collab import load_scorer
-    from device.training.rerank_eval import build_lists, evaluate, format_table
+    from dcrec.device.training.collab import load_scorer
+    from dcrec.device.training.rerank_eval import build_lists, evaluate, format_table
 
     ns.alpha = ns.alpha or [0.5]
     ns.ratio = ns.ratio or [0.05, 0.2]
@@ -155,14 +155,14 @@ def cmd_eval_rerank(ns: argparse.Namespace) -> int:
 
 
 def cmd_bench_latency(ns: argparse.Namespace) -> int:
-    from device.bench import bench_latency, format_rows
+    from dcrec.device.bench import bench_latency, format_rows
 
     if ns.model_dir:
         model, arch = _load_any(ns.model_dir)
     else:
         import torch
 
-        from device.training import archs
+        from dcrec.device.training import archs
 
         torch.manual_seed(ns.seed)
         arch = ns.arch

@@ -3,7 +3,12 @@
 Every call carries a deadline. A retry policy (gRPC service config) retries
 UNAVAILABLE once inside that deadline; after a failed call the client backs
 off exponentially with full jitter and refuses to try again until the back-off
-has passed, so a fleet does not hammer a cloud that is down.
+has passed, so a fleet does not hammer a cloud that is down. A back-off that
+began with a lost connection ends as soon as the channel is connected again
+(gRPC core keeps reconnecting on its own, every 0.2 s to 2 s), so a device is
+back within about two seconds of the cloud, not after the rest of a long wait;
+a back-off from a cloud that answers but fails (overloaded, too slow) runs its
+course.
 
 Security: ``token`` (from ``dcrec cloud token``) travels as a bearer token on
 every call; ``tls`` makes the channel TLS, and mutual TLS with a client
@@ -28,10 +33,10 @@ from pathlib import Path
 
 import grpc
 
-from shared.contract import CandidatesRequest, CandidatesResponse, DeviceModel
-from shared.convert import model_from_pb, request_to_pb, response_from_pb
-from shared.proto.dcrec.v1 import recommend_pb2 as pb
-from shared.proto.dcrec.v1 import recommend_pb2_grpc as pb_grpc
+from dcrec.shared.contract import CandidatesRequest, CandidatesResponse, DeviceModel
+from dcrec.shared.convert import model_from_pb, request_to_pb, response_from_pb
+from dcrec.shared.proto.dcrec.v1 import recommend_pb2 as pb
+from dcrec.shared.proto.dcrec.v1 import recommend_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +112,29 @@ class Backoff:
         self.until = 0.0
 
 
+def channel_state(channel: grpc.Channel, connect: bool = False) -> grpc.ChannelConnectivity | None:
+    """The channel's connectivity now, without waiting; None when it cannot be read.
+
+    ``connect`` asks an idle channel to start connecting (a dropped connection leaves the
+    channel idle until something asks).
+
+    gRPC's public API tells connectivity only through a subscription (a polling thread per
+    channel); the cython channel under ``grpc.Channel`` answers the same question in one
+    call. Intercepted or foreign channels lack it: they get None and plain back-off.
+    """
+    inner = getattr(channel, "_channel", None)
+    check = getattr(inner, "check_connectivity_state", None)
+    if check is None:
+        return None
+    try:
+        code = check(connect)
+    except Exception:  # noqa: BLE001 - a closed or odd channel: no reading
+        return None
+    from grpc._common import CYGRPC_CONNECTIVITY_STATE_TO_CHANNEL_CONNECTIVITY as states
+
+    return states.get(code)
+
+
 def make_channel(address: str, tls: ClientTls | None = None) -> grpc.Channel:
     """A channel with the client's retry policy; TLS when ``tls`` is given."""
     options = [
@@ -140,14 +168,25 @@ class CloudClient:
             (("authorization", f"Bearer {token}"),) if token else ())
         self.channel = channel or make_channel(address, tls)
         self.stub = pb_grpc.RecommenderStub(self.channel)
+        self._connection_lost = False  # the current back-off began with the channel down
+
+    def _reconnected(self) -> bool:
+        """True, once, when a back-off for a lost connection meets a connected channel."""
+        if (not self._connection_lost
+                or channel_state(self.channel, connect=True) is not grpc.ChannelConnectivity.READY):
+            return False
+        self._connection_lost = False
+        self.backoff.until = self.clock()  # the wait ends; the failure count stays until a success
+        log.info("cloud at %s reachable again; back-off lifted", self.address)
+        return True
 
     def available(self) -> bool:
-        """False while backing off after a failure."""
-        return self.backoff.allowed(self.clock())
+        """False while backing off after a failure (and the lost connection is not back)."""
+        return self.backoff.allowed(self.clock()) or self._reconnected()
 
     def _call(self, fn: Callable[[], object]) -> object:
         now = self.clock()
-        if not self.backoff.allowed(now):
+        if not self.backoff.allowed(now) and not self._reconnected():
             raise CloudUnavailable(f"backing off for {self.backoff.until - now:.2f}s more")
         try:
             result = fn()
@@ -156,12 +195,16 @@ class CloudClient:
             if code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise CloudRejected(e.details() if hasattr(e, "details") else str(e)) from e
             wait = self.backoff.failed(self.clock())
+            self._connection_lost = (code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                                     and channel_state(self.channel) not in (
+                                         None, grpc.ChannelConnectivity.READY))
             if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                 log.warning("cloud refused this device's credentials (%s)", code)
                 raise CloudUnauthorized(f"{code}: {e.details()}") from e
             log.debug("cloud call failed (%s); backing off %.2fs", code, wait)
             raise CloudUnavailable(f"{code}: {e.details() if hasattr(e, 'details') else e}") from e
         self.backoff.succeeded()
+        self._connection_lost = False
         return result
 
     def get_candidates(self, req: CandidatesRequest) -> CandidatesResponse:

@@ -12,7 +12,7 @@ Unbudgeted policies (request whenever their trigger fires):
 * :class:`AlwaysPolicy` — every event (the accuracy upper bound);
 * :class:`NeverPolicy` — nothing after the first list, not even expiry.
 
-Budgeted policies (:mod:`device.budget`: a token bucket refilled by
+Budgeted policies (:mod:`dcrec.device.budget`: a token bucket refilled by
 ``target_ratio`` tokens per event caps the requests hard):
 
 * :class:`BudgetedPolicy` — the default: requests when the disagreement
@@ -42,8 +42,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from device.budget import QuantileTracker, TokenBucket, random_phase
-from shared.contract import Reason
+from dcrec.device.budget import QuantileTracker, TokenBucket, random_phase
+from dcrec.shared.contract import Reason
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ from typing import Protocol
 import numpy as np
 import onnxruntime as ort
 
-from shared.errors import DeviceDataError
-from shared.neighbours import NeighbourIndex
+from dcrec.shared.errors import DeviceDataError
+from dcrec.shared.neighbours import NeighbourIndex
 
 log = logging.getLogger(__name__)
 

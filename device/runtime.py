@@ -6,13 +6,13 @@ One :class:`DeviceRuntime` per user/device. On every behaviour event it
    id outside the model's catalogue, ``[1, n_items]``, is refused first with a
    ValueError and nothing is stored),
 2. learns from the choice, when the chosen item was in the list it showed:
-   the per-device fusion weight (:class:`~device.fusion.AlphaLearner`) and the
-   per-user vector (:class:`~device.adapt.UserAdapter`), both optional,
+   the per-device fusion weight (:class:`~dcrec.device.fusion.AlphaLearner`) and the
+   per-user vector (:class:`~dcrec.device.adapt.UserAdapter`), both optional,
 3. reranks the cached cloud candidates with the on-device model and the
    freshest history (plus the user vector),
 4. fuses device and cloud scores (on a common scale, weight ``alpha``),
 5. measures how far the device's ranking has drifted from the cloud's,
-6. asks its :class:`~device.policy.RequestPolicy` whether to fetch a new list,
+6. asks its :class:`~dcrec.device.policy.RequestPolicy` whether to fetch a new list,
    and if so calls the cloud (with a deadline); on failure it keeps the cache.
 
 Learned per-device state (fusion weights, user vector, the request budget)
@@ -36,15 +36,15 @@ from typing import get_args
 
 import numpy as np
 
-from device.adapt import UserAdapter
-from device.catalogue import CatalogueGuard, refuse
-from device.client import CloudClient, CloudRejected, CloudUnavailable
-from device.fusion import AlphaLearner, Scale, blend, blend_lists, descending_order, normalise
-from device.policy import NeverPolicy, PolicyInput, RequestFeedback, RequestPolicy
-from device.reranker import Reranker
-from device.store import HISTORY_CACHE, CachedList, DeviceStore, OnDamage
-from device.telemetry import FlushResult, TelemetryUploader
-from shared.agreement import (
+from dcrec.device.adapt import UserAdapter
+from dcrec.device.catalogue import CatalogueGuard, refuse
+from dcrec.device.client import CloudClient, CloudRejected, CloudUnavailable
+from dcrec.device.fusion import AlphaLearner, Scale, blend, blend_lists, descending_order, normalise
+from dcrec.device.policy import NeverPolicy, PolicyInput, RequestFeedback, RequestPolicy
+from dcrec.device.reranker import Reranker
+from dcrec.device.store import HISTORY_CACHE, CachedList, DeviceStore, OnDamage
+from dcrec.device.telemetry import FlushResult, TelemetryUploader
+from dcrec.shared.agreement import (
     CATALOGUE_MEASURES,
     Measure,
     coverage_gap,
@@ -53,8 +53,8 @@ from shared.agreement import (
     softmax,
     uncovered_mass,
 )
-from shared.contract import CandidatesRequest, Reason
-from shared.neighbours import NeighbourIndex
+from dcrec.shared.contract import CandidatesRequest, Reason
+from dcrec.shared.neighbours import NeighbourIndex
 
 log = logging.getLogger(__name__)
 
@@ -557,7 +557,7 @@ class DeviceRuntime:
             self.store.set_meta("runtime_state", json.dumps(state))
 
     def upload_telemetry(self, max_batches: int = 10) -> FlushResult:
-        """Send the store's telemetry outbox to the cloud (see :mod:`device.telemetry`).
+        """Send the store's telemetry outbox to the cloud (see :mod:`dcrec.device.telemetry`).
 
         Meant for idle moments, not the per-event path; without a client nothing is sent.
         """

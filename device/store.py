@@ -10,13 +10,13 @@ survives a killed process, with ``FULL`` also a power cut.
 Size is bounded: beyond ``StoreLimits.max_events`` the oldest events are
 pruned (the consumed-item set keeps them from being shown again), and the
 request log and outbox keep only their newest rows. The schema is versioned
-(:mod:`device.migrations`); an old file is upgraded in place on open.
+(:mod:`dcrec.device.migrations`); an old file is upgraded in place on open.
 
 A damaged file (0 bytes, not SQLite, malformed pages, a failing ``PRAGMA
 quick_check`` on open: about 4 ms at the default limits) is never silently
 replaced by an empty store: by default it is moved aside as
 ``<name>.damaged-<time>``, a fresh file takes what can still be read from it
-(:mod:`device.store_recovery`), a warning names both files, and
+(:mod:`dcrec.device.store_recovery`), a warning names both files, and
 ``store.recovery`` says what happened; ``on_damage="raise"`` raises
 :class:`StoreError` instead. Any SQLite error later is a :class:`StoreError`
 naming the file.
@@ -44,8 +44,8 @@ from typing import Concatenate, Literal, ParamSpec, TypeVar
 import numpy as np
 import sqlite_utils
 
-from device.migrations import SchemaTooNew, migrate
-from device.store_recovery import (
+from dcrec.device.migrations import SchemaTooNew, migrate
+from dcrec.device.store_recovery import (
     Damaged,
     StoreRecovery,
     carry_over,
@@ -54,7 +54,7 @@ from device.store_recovery import (
     quarantine,
     salvage,
 )
-from shared.errors import DeviceDataError
+from dcrec.shared.errors import DeviceDataError
 
 log = logging.getLogger(__name__)
 

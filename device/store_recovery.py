@@ -1,6 +1,6 @@
 """A damaged store file is moved aside and what can still be read is carried into a fresh one.
 
-:class:`~device.store.DeviceStore` calls this when its file is not a sound
+:class:`~dcrec.device.store.DeviceStore` calls this when its file is not a sound
 SQLite file of this runtime (0 bytes, not SQLite, malformed pages, a failing
 ``PRAGMA quick_check``): never silently replaced by an empty store.
 
@@ -18,11 +18,11 @@ What is carried over, and what is not:
 - the telemetry outbox is not, nor the file's ``telemetry_stream`` id: the
   fresh file numbers its outbox from 1 again under a new random stream id, so
   the cloud never takes a new record for one it already has (schema 3,
-  :mod:`device.migrations`); records still waiting in the damaged file are
+  :mod:`dcrec.device.migrations`); records still waiting in the damaged file are
   left there (some may have reached the cloud already: sending them again
   under the new stream would count them twice);
 - the cached candidate list, the request log and the models table are
-  caches the device rebuilds (a request, :class:`~device.updates.ModelUpdater`).
+  caches the device rebuilds (a request, :class:`~dcrec.device.updates.ModelUpdater`).
 """
 
 from __future__ import annotations

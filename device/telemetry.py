@@ -21,8 +21,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from device.client import CloudClient, CloudRejected, CloudUnavailable
-from device.store import DeviceStore
+from dcrec.device.client import CloudClient, CloudRejected, CloudUnavailable
+from dcrec.device.store import DeviceStore
 
 log = logging.getLogger(__name__)
 

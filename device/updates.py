@@ -10,7 +10,7 @@ Checks, all before ONNX Runtime reads a byte of the delivered model:
    release at or below the one it runs, so a replayed old release cannot
    downgrade it (roll-backs arrive as new releases with higher sequences).
 
-A release may carry the cloud's neighbour index (:mod:`shared.neighbours`): its
+A release may carry the cloud's neighbour index (:mod:`dcrec.shared.neighbours`): its
 sha256 is part of the (signed) config, it is checked and parsed before the
 install, and it is attached to the new reranker, so model and index swap together.
 
@@ -41,15 +41,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from device.client import CloudClient, CloudRejected, CloudUnavailable
-from device.reranker import ModelLoadError, OnnxReranker
-from device.store import InstalledModel
-from shared.contract import DeviceModel
-from shared.errors import DeviceDataError
-from shared.fileio import write_atomic
-from shared.neighbours import NeighbourIndex, NeighbourIndexError
-from shared.signatures import SignatureError, TrustedKeys, check_signature
-from shared.signatures import load_trusted_keys as load_trusted_keys  # part of this module's API
+from dcrec.device.client import CloudClient, CloudRejected, CloudUnavailable
+from dcrec.device.reranker import ModelLoadError, OnnxReranker
+from dcrec.device.store import InstalledModel
+from dcrec.shared.contract import DeviceModel
+from dcrec.shared.errors import DeviceDataError
+from dcrec.shared.fileio import write_atomic
+from dcrec.shared.neighbours import NeighbourIndex, NeighbourIndexError
+from dcrec.shared.signatures import SignatureError, TrustedKeys, check_signature
+from dcrec.shared.signatures import (
+    load_trusted_keys as load_trusted_keys,  # part of this module's API
+)
 
 log = logging.getLogger(__name__)
 

@@ -17,16 +17,39 @@ import logging
 import sys
 from importlib import metadata
 
-from shared.cliutil import EXIT_RUNTIME, EXIT_USAGE, UsageError
-from shared.errors import DeviceDataError
+from dcrec.shared.cliutil import EXIT_RUNTIME, EXIT_USAGE, UsageError
+from dcrec.shared.errors import DeviceDataError
 
 # Modules exposing register(subparsers); one line per area.
-AREAS = ["cloud.cli", "device.cli", "simulator.cli", "simulator.bench.cli"]
+AREAS = ["dcrec.cloud.cli", "dcrec.device.cli", "dcrec.simulator.cli", "dcrec.simulator.bench.cli"]
 
 # What a command raises for a failure of the world rather than of the code: bad or missing files
 # (OSError covers ConnectionError too), refused releases and registries (ValueError subclasses),
 # damaged device data. Anything else is a bug and keeps its traceback.
 RUNTIME_ERRORS = (ValueError, OSError, DeviceDataError)
+
+# The import names of the optional dependencies, with the distribution and the extra that
+# bring each (pyproject.toml; tests/test_packaging.py keeps the two in step). A command that
+# needs one in an install without it ends in a hint naming the extra, not a traceback.
+EXTRAS = {
+    "torch": ("torch", "cloud"), "onnx": ("onnx", "cloud"), "fastapi": ("fastapi", "cloud"),
+    "fastapi_offline": ("fastapi-offline", "cloud"), "uvicorn": ("uvicorn", "cloud"),
+    "prometheus_client": ("prometheus-client", "cloud"), "matplotlib": ("matplotlib", "cloud"),
+    "grpc_reflection": ("grpcio-reflection", "cloud"), "pydantic": ("pydantic", "cloud"),
+    "transformers": ("transformers", "llm"), "gguf": ("gguf", "llm"),
+    "accelerate": ("accelerate", "llm"), "ray": ("ray", "fleet"),
+}
+
+
+def missing_extra_hint(e: ModuleNotFoundError) -> str | None:
+    """``needs torch: pip install 'dcrec[cloud]'`` when ``e`` is a missing optional dependency."""
+    top = (e.name or "").split(".")[0]
+    if top not in EXTRAS:
+        return None
+    dist, extra = EXTRAS[top]
+    return (f"this command needs {dist}, which this install lacks; it comes with the '{extra}' "
+            f"extra: pip install 'dcrec[{extra}]'")
+
 
 EPILOG = (f"exit status: 0 success, {EXIT_RUNTIME} a runtime error (e.g. a file that cannot be read, "
           f"a refused registry operation), {EXIT_USAGE} a usage error (a bad command line or flag "
@@ -64,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except RUNTIME_ERRORS as e:
         print(f"dcrec: error: {e}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except ModuleNotFoundError as e:
+        hint = missing_extra_hint(e)
+        if hint is None:
+            raise
+        print(f"dcrec: error: {hint}", file=sys.stderr)
         return EXIT_RUNTIME
 
 

@@ -16,8 +16,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from shared.data import Dataset, load_dataset
-from shared.splits import TimeSplit, time_split
+from dcrec.shared.data import Dataset, load_dataset
+from dcrec.shared.splits import TimeSplit, time_split
 
 EXIT_RUNTIME = 1  # the command line was fine; running it failed (a file, a registry, the network)
 EXIT_USAGE = 2  # argparse's status for a bad command line; nothing was done

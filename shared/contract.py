@@ -1,7 +1,7 @@
 """Plain-Python forms of the cloud-device messages.
 
 Logic on both sides works on these dataclasses and numpy arrays; only
-:mod:`shared.convert` (and the adapters that use it) touch protobuf.
+:mod:`dcrec.shared.convert` (and the adapters that use it) touch protobuf.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class CandidatesResponse:
 class DeviceModel:
     """An ONNX reranker as the cloud hands it out.
 
-    ``neighbours`` is the cloud's neighbour index (:mod:`shared.neighbours`) when the
+    ``neighbours`` is the cloud's neighbour index (:mod:`dcrec.shared.neighbours`) when the
     release carries one; the config's ``neighbours_sha256`` announces its digest.
     ``manifest`` is the canonical JSON of :func:`manifest_bytes` and ``signature``
     an Ed25519 signature over exactly those bytes; both are empty when the

@@ -1,4 +1,4 @@
-"""Converters between protobuf messages and :mod:`shared.contract` dataclasses.
+"""Converters between protobuf messages and :mod:`dcrec.shared.contract` dataclasses.
 
 The only module, with the servicer and the device's cloud client, that
 imports generated ``_pb2`` code.
@@ -10,8 +10,8 @@ import json
 
 import numpy as np
 
-from shared.contract import CandidatesRequest, CandidatesResponse, DeviceModel, Reason
-from shared.proto.dcrec.v1 import recommend_pb2 as pb
+from dcrec.shared.contract import CandidatesRequest, CandidatesResponse, DeviceModel, Reason
+from dcrec.shared.proto.dcrec.v1 import recommend_pb2 as pb
 
 
 def request_to_pb(req: CandidatesRequest) -> pb.GetCandidatesRequest:

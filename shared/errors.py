@@ -10,10 +10,10 @@ problem. The concrete types keep their older bases too, so code catching
 ==========================================  ===============  =====================
 type                                        also a           raised for
 ==========================================  ===============  =====================
-``device.store.StoreError``                 ``RuntimeError``  the SQLite store
-``device.reranker.ModelLoadError``          ``RuntimeError``  an ONNX file
-``device.updates.ModelRejected``            ``RuntimeError``  a release (verify/install)
-``shared.neighbours.NeighbourIndexError``   ``ValueError``    a neighbour index
+``dcrec.device.store.StoreError``                 ``RuntimeError``  the SQLite store
+``dcrec.device.reranker.ModelLoadError``          ``RuntimeError``  an ONNX file
+``dcrec.device.updates.ModelRejected``            ``RuntimeError``  a release (verify/install)
+``dcrec.shared.neighbours.NeighbourIndexError``   ``ValueError``    a neighbour index
 ==========================================  ===============  =====================
 
 Example::

@@ -1,10 +1,10 @@
 """Checking Ed25519 signatures on device-model releases: one check for device and cloud.
 
-The operator's side signs :func:`shared.contract.manifest_bytes` with a private
-key (:class:`cloud.signing.Signer`). Whoever holds the public key checks the
+The operator's side signs :func:`dcrec.shared.contract.manifest_bytes` with a private
+key (:class:`dcrec.cloud.signing.Signer`). Whoever holds the public key checks the
 signature with :func:`check_signature`: the device before it installs a
-release (:mod:`device.updates`), the server before it hands one out
-(:class:`cloud.registry.ModelRegistry`), so a release rewritten by someone
+release (:mod:`dcrec.device.updates`), the server before it hands one out
+(:class:`dcrec.cloud.registry.ModelRegistry`), so a release rewritten by someone
 who can write the registry folder but lacks the private key is never served.
 
 Example::
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.contract import DeviceModel
+from dcrec.shared.contract import DeviceModel
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey

@@ -1,6 +1,6 @@
 """Evaluation splits: leave-one-out, the stale-cloud split, and per-user time split.
 
-All splits work on a :class:`~shared.data.Dataset` and return plain arrays.
+All splits work on a :class:`~dcrec.shared.data.Dataset` and return plain arrays.
 Histories are lists of ``(n,)`` int64 arrays (oldest first); models pad them.
 
 Example::
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.data import Dataset, Interactions
+from dcrec.shared.data import Dataset, Interactions
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,13 @@ import signal
 import sys
 from pathlib import Path
 
-from shared.cliutil import UsageError, data_args, positive_float, positive_int, unit_interval
+from dcrec.shared.cliutil import UsageError, data_args, positive_float, positive_int, unit_interval
 
 
 def cmd_simulate(ns: argparse.Namespace) -> int:
     if ns.scenario:
         return cmd_scenario(ns)
-    from simulator.run import SimulationSpec, print_table, run_simulations
+    from dcrec.simulator.run import SimulationSpec, print_table, run_simulations
 
     if not ns.cloud_model and not ns.connect:
         raise UsageError("give --cloud-model (to start a server) or --connect host:port")
@@ -29,9 +29,9 @@ def cmd_simulate(ns: argparse.Namespace) -> int:
 
 
 def cmd_scenario(ns: argparse.Namespace) -> int:
-    from simulator.report import summary_table
-    from simulator.runner import Models, run_scenario
-    from simulator.scenario import load_scenario
+    from dcrec.simulator.report import summary_table
+    from dcrec.simulator.runner import Models, run_scenario
+    from dcrec.simulator.scenario import load_scenario
 
     overrides = list(ns.set or [])
     if ns.users:
@@ -55,7 +55,7 @@ def cmd_scenario(ns: argparse.Namespace) -> int:
 
 
 def cmd_demo(ns: argparse.Namespace) -> int:
-    from simulator.demo import run_demo
+    from dcrec.simulator.demo import run_demo
 
     return run_demo(Path(ns.workdir), ns.dataset, quick=ns.quick)
 

@@ -35,14 +35,12 @@ class CloudProcess:
         fd, ready = tempfile.mkstemp(prefix="dcrec-port-")
         os.close(fd)
         os.unlink(ready)
-        cmd = [sys.executable, "-m", "shared.cli", "cloud", "serve", "--model-dir", str(self.model_dir),
+        cmd = [sys.executable, "-m", "dcrec.shared.cli", "cloud", "serve", "--model-dir", str(self.model_dir),
                "--address", f"127.0.0.1:{port}", "--ready-file", ready, "--ttl", str(self.ttl),
                "--insecure", *self.extra_args]
         if self.registry:
             cmd += ["--registry", str(self.registry)]
-        repo = Path(__file__).resolve().parents[1]
-        env = {**os.environ, "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + self.startup_timeout_s
         while not os.path.exists(ready):
             if self.proc.poll() is not None:

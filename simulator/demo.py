@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from shared.cli import main as cli
+from dcrec.shared.cli import main as cli
 
 
 def _step(title: str) -> float:
@@ -48,7 +48,7 @@ def run_demo(workdir: Path, dataset: str = "ml-100k", quick: bool = False) -> in
     _step("4/5 serve and simulate the fleet (never / disagreement / always)")
     from dataclasses import replace
 
-    from simulator.run import SimulationSpec, format_table, run_simulations
+    from dcrec.simulator.run import SimulationSpec, format_table, run_simulations
 
     spec = SimulationSpec(dataset=dataset, cloud_model=workdir / "cloud",
                           registry=workdir / "registry", workdir=workdir / "sim",

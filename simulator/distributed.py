@@ -27,20 +27,21 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from simulator.fleet import FleetResult
-from simulator.metrics import TimeSeries
-from simulator.netem import ProxyStats
-from simulator.scenario import Scenario
+from dcrec.simulator.fleet import FleetResult
+from dcrec.simulator.metering import CloudAccess
+from dcrec.simulator.metrics import TimeSeries
+from dcrec.simulator.netem import ProxyStats
+from dcrec.simulator.scenario import Scenario
 
 log = logging.getLogger(__name__)
 
-_REPO = Path(__file__).resolve().parents[1]
 
+def _shard(sc: Scenario, policy: str, address: str, workdir: str, shard: int, shards: int,
+           access: CloudAccess | None = None) -> FleetResult:
+    from dcrec.simulator.runner import run_fleet
 
-def _shard(sc: Scenario, policy: str, address: str, workdir: str, shard: int, shards: int) -> FleetResult:
-    from simulator.runner import run_fleet
-
-    return run_fleet(sc, policy, address, Path(workdir) / f"shard{shard}", None, shard, shards)
+    return run_fleet(sc, policy, address, Path(workdir) / f"shard{shard}", None, shard, shards,
+                     access=access)
 
 
 def merge_results(parts: Sequence[FleetResult]) -> FleetResult:
@@ -67,8 +68,13 @@ def merge_results(parts: Sequence[FleetResult]) -> FleetResult:
 
 
 def run_sharded(sc: Scenario, policy: str, address: str, workdir: Path, shards: int,
-                ray_address: str | None = None, cpus_per_shard: float = 1.0) -> FleetResult:
-    """Run ``policy``'s fleet as ``shards`` Ray tasks and merge their metrics."""
+                ray_address: str | None = None, cpus_per_shard: float = 1.0,
+                access: CloudAccess | None = None) -> FleetResult:
+    """Run ``policy``'s fleet as ``shards`` Ray tasks and merge their metrics.
+
+    ``access`` travels to the workers as file paths: each reads the TLS files and the auth
+    secret at the same paths on its own machine.
+    """
     try:
         import ray
     except ImportError as e:
@@ -77,16 +83,16 @@ def run_sharded(sc: Scenario, policy: str, address: str, workdir: Path, shards: 
         raise ValueError(f"shards must be >= 1, got {shards}")
     started = False
     if not ray.is_initialized():
-        env = {"PYTHONPATH": os.pathsep.join(p for p in (str(_REPO), os.environ.get("PYTHONPATH", "")) if p)}
-        kwargs: dict[str, object] = {"include_dashboard": False, "log_to_driver": False,
-                                     "runtime_env": {"env_vars": env}}
+        # Workers import the installed ``dcrec`` package, like the driver.
+        kwargs: dict[str, object] = {"include_dashboard": False, "log_to_driver": False}
         if ray_address is None:
             kwargs["num_cpus"] = max(shards, os.cpu_count() or 1)
         ray.init(address=ray_address, **kwargs)
         started = True
     try:
         task = ray.remote(num_cpus=cpus_per_shard, max_retries=0)(_shard)
-        refs = [task.remote(sc, policy, address, str(workdir), i, shards) for i in range(shards)]
+        refs = [task.remote(sc, policy, address, str(workdir), i, shards, access)
+                for i in range(shards)]
         parts = ray.get(refs)
     finally:
         if started:

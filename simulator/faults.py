@@ -3,7 +3,7 @@
 * ``cloud_down``: the cloud server process is killed (SIGKILL, as a crash)
   at ``at_s`` and started again on the same address ``duration_s`` later;
 * ``network_down``: the link between devices and cloud is cut at the
-  :mod:`~simulator.netem` proxy for the window (the server keeps running).
+  :mod:`~dcrec.simulator.netem` proxy for the window (the server keeps running).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from simulator.netem import Window
+from dcrec.simulator.netem import Window
 
 FaultKind = Literal["cloud_down", "network_down"]
 

@@ -1,11 +1,11 @@
 """The fleet engine: many real device runtimes in one process, driven in simulated time.
 
-Every device is a real :class:`~device.runtime.DeviceRuntime` with its own
+Every device is a real :class:`~dcrec.device.runtime.DeviceRuntime` with its own
 SQLite file, the shared ONNX session, and a cloud client on one of a few
-shared gRPC connections (optionally through the :mod:`~simulator.netem`
+shared gRPC connections (optionally through the :mod:`~dcrec.simulator.netem`
 proxy). An asyncio dispatcher pops device events in simulated-time order
 (a heap), sets the device's clock, and runs the event: score the list on
-screen against what the user chooses (:mod:`~simulator.workload`), record the
+screen against what the user chooses (:mod:`~dcrec.simulator.workload`), record the
 choice, let the runtime's policy ask the cloud. With ``concurrency > 1``
 events of different devices run in worker threads at once, which overlaps
 network waits (the emulated latency); one device's events never overlap.
@@ -44,19 +44,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from device.client import Backoff, CloudClient
-from device.policy import RequestPolicy, make_policy
-from device.reranker import Reranker
-from device.runtime import DeviceRuntime, RuntimeConfig
-from device.store import HISTORY_CACHE, DeviceStore
-from shared.contract import Reason
-from simulator.clock import DeviceClock, FleetClock, rss_mb
-from simulator.faults import CloudControl, Fault
-from simulator.metering import MeteredClient, fleet_channels, wait_ready
-from simulator.metrics import TimeSeries, summarize
-from simulator.netem import LinkProfile, ProxyStats, ProxyThread
-from simulator.recovery import RecoverySpread
-from simulator.workload import DeviceSpec, Driver, Workload
+from dcrec.device.client import Backoff, CloudClient
+from dcrec.device.policy import RequestPolicy, make_policy
+from dcrec.device.reranker import Reranker
+from dcrec.device.runtime import DeviceRuntime, RuntimeConfig
+from dcrec.device.store import HISTORY_CACHE, DeviceStore
+from dcrec.shared.contract import Reason
+from dcrec.simulator.clock import DeviceClock, FleetClock, rss_mb
+from dcrec.simulator.faults import CloudControl, Fault
+from dcrec.simulator.metering import MeteredClient, fleet_channels, wait_ready
+from dcrec.simulator.metrics import TimeSeries, summarize
+from dcrec.simulator.netem import LinkProfile, ProxyStats, ProxyThread
+from dcrec.simulator.recovery import RecoverySpread
+from dcrec.simulator.workload import DeviceSpec, Driver, Workload
 
 log = logging.getLogger(__name__)
 

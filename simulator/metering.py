@@ -3,10 +3,10 @@
 * :func:`fleet_channels` opens the gRPC connections a fleet shares (each its
   own TCP connection), with the device client's retry policy and a
   client interceptor that notes each message's encoded size;
-* :class:`MeteredClient` wraps a device's :class:`~device.client.CloudClient`
+* :class:`MeteredClient` wraps a device's :class:`~dcrec.device.client.CloudClient`
   (the runtime calls it like the real one) and records every call that goes
   out: simulated time, reason, outcome, wall-clock latency, payload bytes.
-  It also tells the device's :class:`~simulator.recovery.RecoverySpread`
+  It also tells the device's :class:`~dcrec.simulator.recovery.RecoverySpread`
   about outcomes.
 """
 
@@ -21,8 +21,8 @@ from typing import Any, Protocol
 
 import grpc
 
-from device.client import CloudClient, CloudRejected, CloudUnavailable
-from shared.contract import CandidatesRequest, CandidatesResponse, DeviceModel
+from dcrec.device.client import CloudClient, CloudRejected, CloudUnavailable
+from dcrec.shared.contract import CandidatesRequest, CandidatesResponse, DeviceModel
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class OutcomeListener(Protocol):
 
 
 class MeteredClient:
-    """Duck-types :class:`CloudClient` for :class:`~device.runtime.DeviceRuntime`."""
+    """Duck-types :class:`CloudClient` for :class:`~dcrec.device.runtime.DeviceRuntime`."""
 
     def __init__(self, inner: CloudClient, clock: Callable[[], float], sink: CallSink,
                  listener: OutcomeListener | None = None) -> None:

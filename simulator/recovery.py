@@ -1,4 +1,4 @@
-"""Spreading retries after an outage, as a :class:`~device.policy.RequestPolicy` wrapper.
+"""Spreading retries after an outage, as a :class:`~dcrec.device.policy.RequestPolicy` wrapper.
 
 The cloud client already backs off with full jitter after each failure, but a
 device only tries again when an event asks for a list, so after a long outage
@@ -26,8 +26,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from device.policy import PolicyInput, RequestPolicy
-from shared.contract import Reason
+from dcrec.device.policy import PolicyInput, RequestPolicy
+from dcrec.shared.contract import Reason
 
 
 @dataclass

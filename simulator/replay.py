@@ -5,9 +5,9 @@ seeded with the history the cloud already saw (the phone had those events
 too), given a first list by a real ``GetCandidates`` call when the cloud last
 saw the user, then fed the user's later events at their recorded times.
 Before each event the list the device shows is scored against the item the
-user actually chose next. This is the :class:`~simulator.fleet.Fleet` engine
-with a :class:`~simulator.workload.TraceWorkload`; scenarios (faults,
-networks, simulated users, reports) live in :mod:`simulator.runner`.
+user actually chose next. This is the :class:`~dcrec.simulator.fleet.Fleet` engine
+with a :class:`~dcrec.simulator.workload.TraceWorkload`; scenarios (faults,
+networks, simulated users, reports) live in :mod:`dcrec.simulator.runner`.
 
 Example::
 
@@ -22,11 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from device.reranker import Reranker
-from device.runtime import RuntimeConfig
-from shared.splits import TimeSplit
-from simulator.fleet import Fleet, FleetConfig, FleetResult
-from simulator.workload import TraceWorkload
+from dcrec.device.reranker import Reranker
+from dcrec.device.runtime import RuntimeConfig
+from dcrec.shared.splits import TimeSplit
+from dcrec.simulator.fleet import Fleet, FleetConfig, FleetResult
+from dcrec.simulator.workload import TraceWorkload
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never a display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from simulator.fleet import FleetResult  # noqa: E402
-from simulator.metrics import write_csv  # noqa: E402
-from simulator.scenario import Scenario  # noqa: E402
+from dcrec.simulator.fleet import FleetResult  # noqa: E402
+from dcrec.simulator.metrics import write_csv  # noqa: E402
+from dcrec.simulator.scenario import Scenario  # noqa: E402
 
 # (file stem, title, y label, [(column, style label)], log scale)
 _PLOTS: list[tuple[str, str, str, list[tuple[str, str]], bool]] = [

@@ -7,13 +7,13 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from device.runtime import RuntimeConfig
-from shared.data import load_dataset
-from shared.progress import Progress
-from shared.splits import time_split
-from simulator.cloudproc import CloudProcess
-from simulator.replay import ReplayConfig, ReplayResult, replay
-from simulator.runner import fetch_reranker
+from dcrec.device.runtime import RuntimeConfig
+from dcrec.shared.data import load_dataset
+from dcrec.shared.progress import Progress
+from dcrec.shared.splits import time_split
+from dcrec.simulator.cloudproc import CloudProcess
+from dcrec.simulator.replay import ReplayConfig, ReplayResult, replay
+from dcrec.simulator.runner import fetch_reranker
 
 log = logging.getLogger(__name__)
 

@@ -24,21 +24,21 @@ from pathlib import Path
 
 import numpy as np
 
-from device.client import CloudClient
-from device.reranker import Reranker
-from device.updates import load_installed, update
-from shared.data import Dataset, load_dataset
-from shared.progress import Progress
-from shared.splits import TimeSplit, time_split
-from simulator.clock import process_cpu_s, single_threaded_blas
-from simulator.cloudproc import CloudProcess
-from simulator.faults import CloudControl
-from simulator.fleet import Fleet, FleetConfig, FleetResult
-from simulator.metrics import recovery_peak
-from simulator.report import write_report
-from simulator.scenario import Scenario, WorkloadSpec
-from simulator.users import LatentInterestUsers, LatentUserConfig, item_vectors
-from simulator.workload import Surge, TraceWorkload, UserWorkload, Workload
+from dcrec.device.client import CloudClient
+from dcrec.device.reranker import Reranker
+from dcrec.device.updates import load_installed, update
+from dcrec.shared.data import Dataset, load_dataset
+from dcrec.shared.progress import Progress
+from dcrec.shared.splits import TimeSplit, time_split
+from dcrec.simulator.clock import process_cpu_s, single_threaded_blas
+from dcrec.simulator.cloudproc import CloudProcess
+from dcrec.simulator.faults import CloudControl
+from dcrec.simulator.fleet import Fleet, FleetConfig, FleetResult
+from dcrec.simulator.metrics import recovery_peak
+from dcrec.simulator.report import write_report
+from dcrec.simulator.scenario import Scenario, WorkloadSpec
+from dcrec.simulator.users import LatentInterestUsers, LatentUserConfig, item_vectors
+from dcrec.simulator.workload import Surge, TraceWorkload, UserWorkload, Workload
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def run_scenario(sc: Scenario, models: Models, out: Path, shards: int = 1,
             pid = proc.proc.pid if proc is not None and proc.proc is not None else None
             cpu_before = process_cpu_s(pid) if pid else None
             if shards > 1:
-                from simulator.distributed import run_sharded
+                from dcrec.simulator.distributed import run_sharded
 
                 result = run_sharded(sc, policy, address, workdir, shards, ray_address)
             else:

@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from device.runtime import RuntimeConfig
-from simulator.faults import Fault
-from simulator.netem import LinkProfile
-from simulator.users import LatentUserConfig
-from simulator.workload import Surge
+from dcrec.device.runtime import RuntimeConfig
+from dcrec.simulator.faults import Fault
+from dcrec.simulator.netem import LinkProfile
+from dcrec.simulator.users import LatentUserConfig
+from dcrec.simulator.workload import Surge
 
 SCENARIO_DIR = Path(__file__).with_name("scenarios")
 T = TypeVar("T")

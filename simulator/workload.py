@@ -30,8 +30,8 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from shared.splits import TimeSplit
-from simulator.users import LatentInterestUsers, LatentState, Response, UserModel
+from dcrec.shared.splits import TimeSplit
+from dcrec.simulator.users import LatentInterestUsers, LatentState, Response, UserModel
 
 Timing = Literal["real", "synthetic"]
 

@@ -16,8 +16,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from shared.data import Dataset, load_dataset  # noqa: E402
-from shared.splits import TimeSplit, time_split  # noqa: E402
+from dcrec.shared.data import Dataset, load_dataset  # noqa: E402
+from dcrec.shared.splits import TimeSplit, time_split  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +33,7 @@ def ml_split(ml100k: Dataset) -> TimeSplit:
 @pytest.fixture(scope="session")
 def cloud_model_dir(tmp_path_factory: pytest.TempPathFactory, ml100k: Dataset,
                     ml_split: TimeSplit) -> Path:
-    from cloud import backends
+    from dcrec.cloud import backends
 
     out = tmp_path_factory.mktemp("cloud")
     backends.train("cooccurrence", ml100k, ml_split.cloud_sequences(), out)
@@ -44,8 +44,8 @@ def cloud_model_dir(tmp_path_factory: pytest.TempPathFactory, ml100k: Dataset,
 def device_model_dir(tmp_path_factory: pytest.TempPathFactory, ml100k: Dataset,
                      ml_split: TimeSplit) -> Path:
     """A real SASRec, trained briefly on the cloud side, exported to model.onnx."""
-    from device.training.export import export_onnx
-    from device.training.train import TrainConfig, load_sasrec, train_sasrec
+    from dcrec.device.training.export import export_onnx
+    from dcrec.device.training.train import TrainConfig, load_sasrec, train_sasrec
 
     out = tmp_path_factory.mktemp("device")
     train_sasrec(ml_split.cloud_sequences(), ml100k.n_items,
@@ -59,7 +59,7 @@ def device_model_dir(tmp_path_factory: pytest.TempPathFactory, ml100k: Dataset,
 
 @pytest.fixture(scope="session")
 def registry_dir(tmp_path_factory: pytest.TempPathFactory, device_model_dir: Path) -> Path:
-    from cloud.registry import ModelRegistry
+    from dcrec.cloud.registry import ModelRegistry
 
     root = tmp_path_factory.mktemp("registry")
     config = json.loads((device_model_dir / "model.json").read_text())
@@ -70,3 +70,92 @@ def registry_dir(tmp_path_factory: pytest.TempPathFactory, device_model_dir: Pat
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+# --- the device-only install, for real --------------------------------------------------------
+# A wheel built from a copy of the tree, unpacked into a virtual environment made with
+# ``venv --without-pip`` (which sees none of this environment's packages), beside links to
+# exactly the distributions that dcrec's core requirements need (no extras). This is what
+# ``pip install dcrec`` gives an app: torch is not blocked but absent, and any undeclared
+# import fails.
+
+_WHEEL_SOURCES = ("cloud", "device", "shared", "simulator", "protos", "pyproject.toml", "README.md")
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """dcrec's wheel, built without network or build isolation from a copy of the tree."""
+    import shutil
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    src = tmp_path_factory.mktemp("wheel-src")
+    for name in _WHEEL_SOURCES:
+        if (repo / name).is_dir():
+            shutil.copytree(repo / name, src / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(repo / name, src / name)
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "--disable-pip-version-check", "-w", str(out), str(src)],
+                   check=True, timeout=300, capture_output=True)
+    [whl] = out.glob("dcrec-*.whl")
+    return whl
+
+
+def _runtime_closure(root: str) -> set[str]:
+    """Names of the distributions ``root`` needs at run time (extras left out)."""
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+
+    todo, done = [root], set()
+    while todo:
+        name = todo.pop()
+        key = name.lower().replace("_", "-")
+        if key in done:
+            continue
+        done.add(key)
+        for spec in md.distribution(name).requires or []:
+            req = Requirement(spec)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return done
+
+
+@pytest.fixture(scope="session")
+def device_venv(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Path:
+    """The python of a fresh virtual environment holding only the device install."""
+    import importlib.metadata as md
+    import subprocess
+    import sys
+    import zipfile
+
+    try:
+        dists = _runtime_closure("dcrec") - {"dcrec"}
+    except md.PackageNotFoundError:
+        pytest.skip("dcrec is not installed as a distribution")
+    root = tmp_path_factory.mktemp("device-venv")
+    deps = root / "deps"
+    deps.mkdir()
+    for name in sorted(dists):
+        dist = md.distribution(name)
+        base = Path(str(dist.locate_file("")))
+        for top in {Path(str(f)).parts[0] for f in dist.files or []}:
+            src = base / top
+            if top.endswith(".pth") or top == ".." or not src.exists() or (deps / top).exists():
+                continue
+            os.symlink(src, deps / top)
+    venv = root / "venv"
+    base_python = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base_python, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    py = venv / "bin" / "python"
+    purelib = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                  capture_output=True, text=True, check=True).stdout.strip())
+    with zipfile.ZipFile(wheel) as z:  # a pure wheel: unpacking into purelib is installing it
+        z.extractall(purelib)
+    (purelib / "device_deps.pth").write_text(f"import site; site.addsitedir({str(deps)!r})\n")
+    return py
+

@@ -1,1 +1,1 @@
-"""The cloud's operator HTTP surface: see :mod:`cloud.http.app`."""
+"""The cloud's operator HTTP surface: see :mod:`dcrec.cloud.http.app`."""

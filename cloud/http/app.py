@@ -13,7 +13,7 @@ Routes (``/api/*`` need an operator token when the server has an auth secret)::
     GET  /docs                            Swagger UI over /openapi.json, its assets served from here
 
 Every response carries a strict Content-Security-Policy and no-framing headers
-(:mod:`cloud.http.headers`); no page loads anything from another origin. A torn
+(:mod:`dcrec.cloud.http.headers`); no page loads anything from another origin. A torn
 or garbage registry file answers 503 with a detail naming it, never 500.
 
 Example::
@@ -41,20 +41,20 @@ from fastapi.responses import (
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from cloud.auth import AuthError, TokenAuthority
-from cloud.events import DeviceEventLog
-from cloud.generator import CandidateGenerator
-from cloud.http.headers import SECURITY_HEADERS, SecurityHeaders
-from cloud.http.limits import BodyLimit
-from cloud.metrics import Telemetry
-from cloud.registry import (
+from dcrec.cloud.auth import AuthError, TokenAuthority
+from dcrec.cloud.events import DeviceEventLog
+from dcrec.cloud.generator import CandidateGenerator
+from dcrec.cloud.http.headers import SECURITY_HEADERS, SecurityHeaders
+from dcrec.cloud.http.limits import BodyLimit
+from dcrec.cloud.metrics import Telemetry
+from dcrec.cloud.registry import (
     CloudModelRegistry,
     ModelRegistry,
     RegistryError,
     RegistryUnreadable,
     Releases,
 )
-from cloud.service import CandidateService
+from dcrec.cloud.service import CandidateService
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _swagger_dir() -> Path | None:
 
 
 def _default_loader(path: Path) -> CandidateGenerator:
-    from cloud.backends import load_generator
+    from dcrec.cloud.backends import load_generator
 
     return load_generator(path)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import uvicorn
 
-from cloud.http.app import OpsState, create_app
+from dcrec.cloud.http.app import OpsState, create_app
 
 log = logging.getLogger(__name__)
 

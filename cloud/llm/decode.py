@@ -2,8 +2,8 @@
 
 Several users' prompts are prefilled in one left-padded batch; then every
 step runs one forward pass over all live beams of all users at once (one new
-token per beam on the KV cache; see :mod:`cloud.llm.runner`). A beam may only take the tokens its prefix-tree node
-allows (:mod:`cloud.llm.trie`), so every finished beam is a catalogue title,
+token per beam on the KV cache; see :mod:`dcrec.cloud.llm.runner`). A beam may only take the tokens its prefix-tree node
+allows (:mod:`dcrec.cloud.llm.trie`), so every finished beam is a catalogue title,
 and a beam that reaches a terminal yields that terminal's item ids.
 
 Scores are log-probabilities, in one of two ways:
@@ -37,8 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cloud.llm.runner import LMRunner
-from cloud.llm.trie import ROOT, Exclusion, TitleTrie
+from dcrec.cloud.llm.runner import LMRunner
+from dcrec.cloud.llm.trie import ROOT, Exclusion, TitleTrie
 
 log = logging.getLogger(__name__)
 

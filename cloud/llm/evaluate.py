@@ -2,15 +2,15 @@
 
 Leave-one-out test set (fresh history), full-catalogue metrics: the target's
 position in the returned list, a missing target a miss
-(:func:`shared.metrics.ranks_in_lists`). Every returned id is checked to be in
+(:func:`dcrec.shared.metrics.ranks_in_lists`). Every returned id is checked to be in
 ``1..n_items`` and distinct. Progress is written to ``--out`` after every
 batch, so a long run that is stopped still reports how many users it covered.
 
 Usage::
 
-    python -m cloud.llm.evaluate --data beauty --model-dir runs/llm-beauty \\
+    python -m dcrec.cloud.llm.evaluate --data beauty --model-dir runs/llm-beauty \\
         --users 500 --seed 0 --count 20 --threads 1 --latency 50 --out runs/llm-beauty/eval.json
-    python -m cloud.llm.evaluate --data beauty --model-dir runs/llm-beauty --users all \\
+    python -m dcrec.cloud.llm.evaluate --data beauty --model-dir runs/llm-beauty --users all \\
         --latency 0 --out runs/llm-beauty/validity.json      # the whole test set
 
 The whole test set in parallel: ``--part 1/2`` and ``--part 2/2`` in two
@@ -18,9 +18,9 @@ processes take disjoint slices of the same random order; each also writes its
 lists (``<out>.lists.npz``), and ``--merge A.json B.json --out all.json``
 combines the parts into one report, checking that they cover the order once::
 
-    python -m cloud.llm.evaluate ... --users all --part 1/2 --out runs/llm-beauty/part1.json &
-    python -m cloud.llm.evaluate ... --users all --part 2/2 --out runs/llm-beauty/part2.json
-    python -m cloud.llm.evaluate --merge runs/llm-beauty/part1.json runs/llm-beauty/part2.json \\
+    python -m dcrec.cloud.llm.evaluate ... --users all --part 1/2 --out runs/llm-beauty/part1.json &
+    python -m dcrec.cloud.llm.evaluate ... --users all --part 2/2 --out runs/llm-beauty/part2.json
+    python -m dcrec.cloud.llm.evaluate --merge runs/llm-beauty/part1.json runs/llm-beauty/part2.json \\
         --out runs/llm-beauty/validity.json
 """
 
@@ -37,10 +37,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from cloud import backends
-from shared.data import load_dataset
-from shared.metrics import ranks_in_lists, summarize
-from shared.splits import leave_one_out
+from dcrec.cloud import backends
+from dcrec.shared.data import load_dataset
+from dcrec.shared.metrics import ranks_in_lists, summarize
+from dcrec.shared.splits import leave_one_out
 
 log = logging.getLogger(__name__)
 

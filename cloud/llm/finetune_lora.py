@@ -1,7 +1,7 @@
 """LoRA fine-tuning of the generative backend's LLM on next-item titles (GPU advised).
 
 Each training example is one cut of a training sequence: the prompt the
-backend would build from the items before the cut (:mod:`cloud.llm.prompt`),
+backend would build from the items before the cut (:mod:`dcrec.cloud.llm.prompt`),
 and as the target the next item's (cut) title plus the end token. The loss
 is the title tokens' cross-entropy; the prompt is not trained on.
 
@@ -14,7 +14,7 @@ backend loads (``lora`` option), so inference costs nothing extra.
 
 Usage::
 
-    python -m cloud.llm.finetune_lora --data beauty --out runs/llm-lora \\
+    python -m dcrec.cloud.llm.finetune_lora --data beauty --out runs/llm-lora \\
         --steps 2000 --batch-size 16 --device cuda
     # then record it in a backend directory:
     cloud.backends.train("llm", ds, split.train, "runs/llm-ft", {"lora": "runs/llm-lora"})
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cloud.llm.prompt import PromptBuilder
+from dcrec.cloud.llm.prompt import PromptBuilder
 
 log = logging.getLogger(__name__)
 
@@ -192,10 +192,10 @@ def finetune(model: nn.Module, builder: PromptBuilder, sequences: Sequence[np.nd
 
 
 def main(argv: list[str] | None = None) -> None:
-    from cloud.llm.backend import LLMConfig, load_tokenizer, local_model_dir
-    from cloud.llm.prompt import tokenize_titles
-    from shared.data import load_dataset
-    from shared.splits import leave_one_out
+    from dcrec.cloud.llm.backend import LLMConfig, load_tokenizer, local_model_dir
+    from dcrec.cloud.llm.prompt import tokenize_titles
+    from dcrec.shared.data import load_dataset
+    from dcrec.shared.splits import leave_one_out
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="beauty")

@@ -3,7 +3,7 @@
 The prompt shows the newest ``history_items`` titles, oldest first, one per
 line as ``- Title\\n``, and ends with the answer's own ``-``, so the model's
 next tokens are a title. The decoder then constrains those tokens to the
-catalogue's titles (see :mod:`cloud.llm.trie`); a title is finished by the
+catalogue's titles (see :mod:`dcrec.cloud.llm.trie`); a title is finished by the
 same newline that ends every line of the prompt, so the answer looks exactly
 like the history above it.
 

@@ -32,12 +32,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from cloud.backends import write_manifest
-from cloud.generator import CandidateList
-from cloud.text_embed import embed_texts
-from cloud.textrec.model import TextRecConfig, TextRecModel
-from cloud.textrec.train import TrainConfig, fit, left_pad
-from shared.data import Dataset
+from dcrec.cloud.backends import write_manifest
+from dcrec.cloud.generator import CandidateList
+from dcrec.cloud.text_embed import embed_texts
+from dcrec.cloud.textrec.model import TextRecConfig, TextRecModel
+from dcrec.cloud.textrec.train import TrainConfig, fit, left_pad
+from dcrec.shared.data import Dataset
 
 log = logging.getLogger(__name__)
 

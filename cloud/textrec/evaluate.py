@@ -1,14 +1,14 @@
 """Benchmark textrec on a leave-one-out split: quality, id-only ablation, cold start.
 
-Trains through the backend contract (``cloud.backends.train``), so the numbers
+Trains through the backend contract (``dcrec.cloud.backends.train``), so the numbers
 are those of the model the server would load. Ranks the full catalogue with
-the user's already-seen items excluded (``shared.metrics.ranks_from_scores``).
+the user's already-seen items excluded (``dcrec.shared.metrics.ranks_from_scores``).
 
 Usage::
 
-    python -m cloud.textrec.evaluate --dataset beauty --out runs/textrec-beauty
-    python -m cloud.textrec.evaluate --dataset beauty --out runs/cold --cold-fraction 0.05
-    python -m cloud.textrec.evaluate --dataset ml-100k --out runs/ml --set epochs=5 --set dim=32
+    python -m dcrec.cloud.textrec.evaluate --dataset beauty --out runs/textrec-beauty
+    python -m dcrec.cloud.textrec.evaluate --dataset beauty --out runs/cold --cold-fraction 0.05
+    python -m dcrec.cloud.textrec.evaluate --dataset ml-100k --out runs/ml --set epochs=5 --set dim=32
 
 Writes ``results.json`` in ``--out`` and prints a table.
 """
@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from cloud import backends
-from cloud.textrec.backend import TextRecGenerator
-from shared.data import Dataset, load_dataset
-from shared.metrics import ranks_from_scores, summarize
-from shared.splits import EvalSet, leave_one_out
+from dcrec.cloud import backends
+from dcrec.cloud.textrec.backend import TextRecGenerator
+from dcrec.shared.data import Dataset, load_dataset
+from dcrec.shared.metrics import ranks_from_scores, summarize
+from dcrec.shared.splits import EvalSet, leave_one_out
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The training loop for :class:`~cloud.textrec.model.TextRecModel`.
+"""The training loop for :class:`~dcrec.cloud.textrec.model.TextRecModel`.
 
 Plain loop, SASRec-CE style: every position of a training sequence predicts
 the next item with a softmax over the whole catalogue. After each epoch the
@@ -30,8 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cloud.textrec.model import TextRecModel
-from shared.metrics import ranks_from_scores, summarize
+from dcrec.cloud.textrec.model import TextRecModel
+from dcrec.shared.metrics import ranks_from_scores, summarize
 
 log = logging.getLogger(__name__)
 

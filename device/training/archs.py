@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from device.training.din import DIN, DINConfig
-from device.training.gru4rec import GRU4Rec, GRU4RecConfig
-from device.training.sasrec import SASRec, SASRecConfig
+from dcrec.device.training.din import DIN, DINConfig
+from dcrec.device.training.gru4rec import GRU4Rec, GRU4RecConfig
+from dcrec.device.training.sasrec import SASRec, SASRecConfig
 
 ARCHS: dict[str, tuple[type[nn.Module], type]] = {
     "sasrec": (SASRec, SASRecConfig),

@@ -41,9 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cloud.generator import CandidateGenerator
-from device.training import archs
-from device.training.lists import (
+from dcrec.cloud.generator import CandidateGenerator
+from dcrec.device.training import archs
+from dcrec.device.training.lists import (
     Prefixes,
     histories,
     pad_left,
@@ -51,7 +51,7 @@ from device.training.lists import (
     scored_cloud_lists,
     with_target,
 )
-from shared.metrics import ranks_in_lists, summarize
+from dcrec.shared.metrics import ranks_in_lists, summarize
 
 log = logging.getLogger(__name__)
 
@@ -411,7 +411,7 @@ def backend_fitter(backend: str, dataset: object, workdir: str | Path,
     Each call writes a model directory under ``workdir`` (fold0, fold1, ...).
     Cheap for ``cooccurrence`` (seconds); a neural backend costs a training run per fold.
     """
-    from cloud import backends
+    from dcrec.cloud import backends
 
     calls = [0]
 

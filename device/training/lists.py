@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cloud.generator import CandidateGenerator
+from dcrec.cloud.generator import CandidateGenerator
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ already seen are removed from the stale list, as the runtime does. Variants:
 
 The budgeted variant runs the device's own policy parts over the test users in
 a random order, one decision per user (LSC4Rec's request ratio: the share of
-users refreshed): a :class:`~device.budget.QuantileTracker` calibrates the
+users refreshed): a :class:`~dcrec.device.budget.QuantileTracker` calibrates the
 disagreement threshold online from the users seen so far (never from the test
-outcomes) and a :class:`~device.budget.TokenBucket` refilled ``r`` tokens per
+outcomes) and a :class:`~dcrec.device.budget.TokenBucket` refilled ``r`` tokens per
 user caps the requests hard. Here the budget is the fleet's, because each
 test user has only one decision to make; on real devices each has its own.
 
@@ -32,13 +32,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cloud.generator import CandidateGenerator
-from device.budget import QuantileTracker, TokenBucket
-from device.fusion import Scale
-from device.training.lists import pad_left
-from shared.agreement import Measure, disagreement
-from shared.metrics import ranks_in_lists, summarize
-from shared.splits import EvalSet
+from dcrec.cloud.generator import CandidateGenerator
+from dcrec.device.budget import QuantileTracker, TokenBucket
+from dcrec.device.fusion import Scale
+from dcrec.device.training.lists import pad_left
+from dcrec.shared.agreement import Measure, disagreement
+from dcrec.shared.metrics import ranks_in_lists, summarize
+from dcrec.shared.splits import EvalSet
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def build_lists(generator: CandidateGenerator, test: EvalSet, count: int = 100,
 
 
 def _normalise_rows(scores: np.ndarray, valid: np.ndarray, scale: Scale) -> np.ndarray:
-    """Row-wise :func:`~device.fusion.normalise` of (M, C) scores over the ``valid`` slots.
+    """Row-wise :func:`~dcrec.device.fusion.normalise` of (M, C) scores over the ``valid`` slots.
 
     Ranks break ties by position (the runtime lets ties share the better rank;
     on cloud lists, which arrive sorted, the two agree on the order).
@@ -117,7 +117,7 @@ def _order(items: np.ndarray, cloud: np.ndarray, device: np.ndarray | None, alph
 
 
 def _rbo_rows(a: np.ndarray, b: np.ndarray, p: float = 0.9) -> np.ndarray:
-    """1 - rank-biased overlap of the rows of ``a`` and ``b`` (M, D), as :func:`shared.agreement.rank_biased_overlap`."""
+    """1 - rank-biased overlap of the rows of ``a`` and ``b`` (M, D), as :func:`dcrec.shared.agreement.rank_biased_overlap`."""
     eq = (a[:, :, None] == b[:, None, :]) & (a[:, :, None] > 0)
     cum = eq.cumsum(axis=1).cumsum(axis=2)
     depth = a.shape[1]
@@ -170,8 +170,8 @@ def evaluate(lists: OfflineLists, scorer: object | None, alpha: float = 0.5,
     """Metrics (HR/NDCG@5,10,20, MRR, request ratio) per variant.
 
     ``scorer`` has ``score_batch(histories (M, L), candidates (M, C)) -> (M, C)``
-    (:class:`~device.training.collab.TorchScorer` or the runtime's
-    :class:`~device.reranker.OnnxReranker`); ``None`` evaluates the cloud alone.
+    (:class:`~dcrec.device.training.collab.TorchScorer` or the runtime's
+    :class:`~dcrec.device.reranker.OnnxReranker`); ``None`` evaluates the cloud alone.
     """
     t = lists.targets
     out: dict[str, dict[str, float]] = {}

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from device.training.sasrec import SASRec, SASRecConfig, sequence_loss
-from shared.metrics import ranks_from_scores, summarize
+from dcrec.device.training.sasrec import SASRec, SASRecConfig, sequence_loss
+from dcrec.shared.metrics import ranks_from_scores, summarize
 
 log = logging.getLogger(__name__)
 

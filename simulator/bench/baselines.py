@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from shared.data import Dataset
-from shared.metrics import ranks_from_scores
-from shared.splits import EvalSet
-from simulator.bench.scoring import seen_mask, srm_full_scores
+from dcrec.shared.data import Dataset
+from dcrec.shared.metrics import ranks_from_scores
+from dcrec.shared.splits import EvalSet
+from dcrec.simulator.bench.scoring import seen_mask, srm_full_scores
 
 Baseline = Callable[[Dataset, list[np.ndarray], EvalSet, EvalSet, Any, int], np.ndarray]
 
@@ -42,7 +42,7 @@ def _with_valid(train: list[np.ndarray], valid: EvalSet) -> list[np.ndarray]:
 
 def sasrec(ds: Dataset, train: list[np.ndarray], valid: EvalSet, test: EvalSet,
            cfg: Any, seed: int) -> np.ndarray:
-    from device.training.train import load_sasrec, train_sasrec, trained_with
+    from dcrec.device.training.train import load_sasrec, train_sasrec, trained_with
 
     out = Path(cfg.workdir) / ds.name / f"seed{seed}" / "loo-sasrec"
     tc = cfg.device_train_config(seed)
@@ -61,9 +61,9 @@ def gru4rec(ds: Dataset, train: list[np.ndarray], valid: EvalSet, test: EvalSet,
     """GRU4Rec with cross-entropy over the full catalogue at each training prefix."""
     import torch
 
-    from device.training import archs
-    from device.training.collab import RerankTrainConfig, train_reranker
-    from device.training.train import pad_left, trained_with
+    from dcrec.device.training import archs
+    from dcrec.device.training.collab import RerankTrainConfig, train_reranker
+    from dcrec.device.training.train import pad_left, trained_with
 
     out = Path(cfg.workdir) / ds.name / f"seed{seed}" / "loo-gru4rec"
     rc = RerankTrainConfig(objective="full", epochs=cfg.device_epochs,

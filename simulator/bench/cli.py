@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from shared.cliutil import (
+from dcrec.shared.cliutil import (
     non_negative_float,
     non_negative_int,
     options,
@@ -18,8 +18,8 @@ from shared.cliutil import (
 
 
 def cmd_quality(ns: argparse.Namespace) -> int:
-    from simulator.bench import report
-    from simulator.bench.quality import QualityConfig, run
+    from dcrec.simulator.bench import report
+    from dcrec.simulator.bench.quality import QualityConfig, run
 
     cfg = QualityConfig(dataset=ns.dataset, seeds=ns.seeds, cloud_backend=ns.cloud_backend,
                         cloud_options=options(ns.cloud_option),

@@ -10,13 +10,13 @@ catalogue, an item missing from a list is a miss. Variants:
 * ``fusion``           the device reranks the stale list (no requests);
 * ``always-fresh``     the device reranks a fresh list for every user (the upper bound);
 * ``neighbour-index``  with ``neighbours`` > 0: the local list the device builds from the
-                       cloud's neighbour index (:mod:`shared.neighbours`) and its fresh
+                       cloud's neighbour index (:mod:`dcrec.shared.neighbours`) and its fresh
                        history, alone; ``fusion`` and the stale side of every request
                        variant then rank the stale list blended with it, as the runtime does;
 * ``random@r``         fresh lists for a random share r of users, stale for the rest;
 * ``disagreement@r``   fresh lists for users whose device/cloud disagreement on
                        the stale list crosses a threshold, decided by the runtime's
-                       own :class:`~device.policy.DisagreementPolicy`, with the
+                       own :class:`~dcrec.device.policy.DisagreementPolicy`, with the
                        threshold calibrated on the validation step (never on test).
 
 The fusion weight is chosen on the validation step too (one weight for stale
@@ -41,15 +41,20 @@ from typing import Any
 
 import numpy as np
 
-from cloud import backends
-from device.budget import TokenBucket
-from device.fusion import blend_lists, fuse
-from device.policy import DisagreementPolicy, PolicyInput
-from shared.agreement import Measure, disagreement, expected_regret, softmax, uncovered_mass
-from shared.data import Dataset, load_dataset
-from shared.metrics import ranks_from_scores, ranks_in_lists, summarize
-from shared.splits import EvalSet, leave_one_out, stale_cloud_split
-from simulator.bench.scoring import cloud_lists, seen_mask, srm_candidate_scores, srm_full_scores
+from dcrec.cloud import backends
+from dcrec.device.budget import TokenBucket
+from dcrec.device.fusion import blend_lists, fuse
+from dcrec.device.policy import DisagreementPolicy, PolicyInput
+from dcrec.shared.agreement import Measure, disagreement, expected_regret, softmax, uncovered_mass
+from dcrec.shared.data import Dataset, load_dataset
+from dcrec.shared.metrics import ranks_from_scores, ranks_in_lists, summarize
+from dcrec.shared.splits import EvalSet, leave_one_out, stale_cloud_split
+from dcrec.simulator.bench.scoring import (
+    cloud_lists,
+    seen_mask,
+    srm_candidate_scores,
+    srm_full_scores,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +117,7 @@ class QualityConfig:
         return max(1, (os.cpu_count() or 1) // max(1, self.jobs))
 
     def device_train_config(self, seed: int) -> Any:
-        from device.training.train import TrainConfig
+        from dcrec.device.training.train import TrainConfig
 
         return TrainConfig(epochs=self.device_epochs, time_budget_s=self.device_time_budget_s,
                            seed=seed, batch_size=self.device_batch_size,
@@ -191,7 +196,7 @@ def _catalogue_signal(histories: list[np.ndarray], lists: np.ndarray, srm: Any, 
 def _select_share(signal: np.ndarray, stale_r: np.ndarray, fresh_r: np.ndarray,
                   ratios: tuple[float, ...]) -> float:
     """Mean NDCG@10 when the top ``r`` share of users by ``signal`` gets a fresh list."""
-    from shared.metrics import ndcg
+    from dcrec.shared.metrics import ndcg
 
     order = np.argsort(-signal, kind="stable")
     vals = []
@@ -207,7 +212,7 @@ def _policy_requests(dis: np.ndarray, threshold: float, ratio: float, seed: int,
     """Ask the runtime's policy, user by user, whether this disagreement triggers a request.
 
     Users decide one after another in a random order, under a token bucket
-    refilled ``ratio`` tokens per user (the runtime's :class:`~device.budget.TokenBucket`):
+    refilled ``ratio`` tokens per user (the runtime's :class:`~dcrec.device.budget.TokenBucket`):
     a threshold calibrated on other users may fire more often than the budget
     allows, and the bucket then refuses, as on a device, so the requests never
     exceed ``ratio`` of the users (plus the bucket's capacity).
@@ -312,7 +317,7 @@ def local_lists(index: Any, histories: list[np.ndarray], count: int
 
 def blend_with_local(items: np.ndarray, cloud: np.ndarray, li: np.ndarray, lsc: np.ndarray,
                      weights: tuple[float, ...]) -> tuple[np.ndarray, dict[float, np.ndarray]]:
-    """Each row's stale list united with its local list (:func:`device.fusion.blend_lists`):
+    """Each row's stale list united with its local list (:func:`dcrec.device.fusion.blend_lists`):
     (M, C + L) items, the same for every weight, and per weight the (M, C + L) cloud-side scores."""
     m, width = items.shape[0], items.shape[1] + li.shape[1]
     out_items = np.zeros((m, width), dtype=np.int64)
@@ -343,7 +348,7 @@ def _best_alpha(items: np.ndarray, cloud: np.ndarray, srm: np.ndarray, targets: 
 def _best_alpha_ndcg(items: np.ndarray, cloud: np.ndarray, srm: np.ndarray, targets: np.ndarray
                      ) -> tuple[float, float]:
     """The fusion weight with the best NDCG@10 on these lists (ties: nearest 0.5), and that NDCG@10."""
-    from shared.metrics import ndcg
+    from dcrec.shared.metrics import ndcg
 
     scores = {a: ndcg(_fused_ranks(items, cloud, srm, a, targets)[0], 10) for a in ALPHAS}
     best = max(scores, key=lambda a: (scores[a], -abs(a - 0.5)))
@@ -358,7 +363,7 @@ def _metrics(ranks: np.ndarray, in_list: np.ndarray | None = None) -> dict[str, 
 
 def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
              say: Callable[[str], None] = lambda s: None) -> tuple[list[Row], dict[str, Any]]:
-    from device.training.train import load_sasrec, train_sasrec, trained_with
+    from dcrec.device.training.train import load_sasrec, train_sasrec, trained_with
 
     rows: list[Row] = []
     info: dict[str, Any] = {}
@@ -405,7 +410,7 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
     local_items = None
     alpha_stale: float | None = None  # chosen with the local list's weight when there is one
     if cfg.neighbours > 0:
-        from cloud.neighbours import build
+        from dcrec.cloud.neighbours import build
 
         say(f"seed {seed}: neighbour indexes ({cfg.neighbours} per item) and local lists")
         # Validation's index comes from the cloud that never saw the validation targets.
@@ -546,9 +551,9 @@ def _train_on_lists(ds: Dataset, cfg: QualityConfig, seed: int, train: list[np.n
                     gen: backends.CandidateGenerator, srm: Any, work: Path,
                     say: Callable[[str], None]) -> Any:
     """Train the full-catalogue SASRec again on lists: the cloud's (collab) or random ones."""
-    from device.training import archs
-    from device.training.collab import RerankTrainConfig, backend_fitter, train_reranker
-    from device.training.train import trained_with
+    from dcrec.device.training import archs
+    from dcrec.device.training.collab import RerankTrainConfig, backend_fitter, train_reranker
+    from dcrec.device.training.train import trained_with
 
     if cfg.device_objective not in ("collab", "random"):
         raise ValueError(f"device_objective must be full, collab or random, got {cfg.device_objective!r}")
@@ -589,7 +594,7 @@ def _train_on_lists(ds: Dataset, cfg: QualityConfig, seed: int, train: list[np.n
 def run_baseline(ds: Dataset, cfg: QualityConfig, seed: int, name: str,
                  say: Callable[[str], None] = lambda s: None) -> Row:
     """One leave-one-out baseline (fresh history, full catalogue): most-popular, SASRec, GRU4Rec."""
-    from simulator.bench.baselines import BASELINES
+    from dcrec.simulator.bench.baselines import BASELINES
 
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; known: {sorted(BASELINES)}")

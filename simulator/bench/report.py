@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.bench.quality import Row
+from dcrec.simulator.bench.quality import Row
 
 COLUMNS = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "recall@list")
 ORDER = ("cloud-stale", "cloud-fresh", "device-only", "neighbour-index", "fusion", "always-fresh")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.data import Dataset, load_dataset
+from dcrec.shared.data import Dataset, load_dataset
 
 FAMILIES = {
     "Nail Polish": ("OPI", "Nail Lacquer", "Beauty, Makeup, Nails, Nail Polish",

@@ -11,14 +11,20 @@ import grpc
 import numpy as np
 import pytest
 
-from cloud.backends import load_generator
-from cloud.batching import BatchConfig, BatcherClosed, DeadlineExpired, DynamicBatcher, QueueFull
-from cloud.generator import CandidateGenerator, CandidateList
-from cloud.server import REPLICA_KEY, CloudServer, ServerConfig, build_server
-from cloud.service import CandidateService, InvalidRequest
-from shared.convert import request_from_pb
-from shared.proto.dcrec.v1 import recommend_pb2 as pb
-from shared.proto.dcrec.v1 import recommend_pb2_grpc as pb_grpc
+from dcrec.cloud.backends import load_generator
+from dcrec.cloud.batching import (
+    BatchConfig,
+    BatcherClosed,
+    DeadlineExpired,
+    DynamicBatcher,
+    QueueFull,
+)
+from dcrec.cloud.generator import CandidateGenerator, CandidateList
+from dcrec.cloud.server import REPLICA_KEY, CloudServer, ServerConfig, build_server
+from dcrec.cloud.service import CandidateService, InvalidRequest
+from dcrec.shared.convert import request_from_pb
+from dcrec.shared.proto.dcrec.v1 import recommend_pb2 as pb
+from dcrec.shared.proto.dcrec.v1 import recommend_pb2_grpc as pb_grpc
 
 
 # --- the batcher on its own ---------------------------------------------------------------------

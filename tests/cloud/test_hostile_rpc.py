@@ -15,13 +15,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cloud.backends import load_generator
-from cloud.device_telemetry import TelemetryConfig, TelemetryItem, TelemetrySink
-from cloud.metrics import LABEL_VALUES, Telemetry
-from cloud.server import CloudServer, ServerConfig, build_server
-from cloud.service import CandidateService, ServiceConfig
-from shared.proto.dcrec.v1 import recommend_pb2 as pb
-from shared.proto.dcrec.v1 import recommend_pb2_grpc as pb_grpc
+from dcrec.cloud.backends import load_generator
+from dcrec.cloud.device_telemetry import TelemetryConfig, TelemetryItem, TelemetrySink
+from dcrec.cloud.metrics import LABEL_VALUES, Telemetry
+from dcrec.cloud.server import CloudServer, ServerConfig, build_server
+from dcrec.cloud.service import CandidateService, ServiceConfig
+from dcrec.shared.proto.dcrec.v1 import recommend_pb2 as pb
+from dcrec.shared.proto.dcrec.v1 import recommend_pb2_grpc as pb_grpc
 
 NESTED = '{"a":' + "[" * 2040 + "]" * 2040 + "}"  # ~4 KB: json.loads raises RecursionError
 

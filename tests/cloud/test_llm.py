@@ -16,21 +16,21 @@ import numpy as np
 import pytest
 import torch
 
-from cloud import backends
-from cloud.generator import CandidateGenerator
-from cloud.llm.backend import LLMConfig, load_model, load_tokenizer, local_model_dir
-from cloud.llm.decode import BeamConfig, beam_search
-from cloud.llm.finetune_lora import (
+from dcrec.cloud import backends
+from dcrec.cloud.generator import CandidateGenerator
+from dcrec.cloud.llm.backend import LLMConfig, load_model, load_tokenizer, local_model_dir
+from dcrec.cloud.llm.decode import BeamConfig, beam_search
+from dcrec.cloud.llm.finetune_lora import (
     LoRAConfig,
     TrainConfig,
     finetune,
     merge_saved_adapters,
     save_adapters,
 )
-from cloud.llm.prompt import PromptBuilder, PromptConfig, tokenize_titles
-from cloud.llm.runner import HFRunner, SharedPrefixRunner, make_runner
-from cloud.llm.trie import ROOT, build_trie
-from shared.data import Dataset
+from dcrec.cloud.llm.prompt import PromptBuilder, PromptConfig, tokenize_titles
+from dcrec.cloud.llm.runner import HFRunner, SharedPrefixRunner, make_runner
+from dcrec.cloud.llm.trie import ROOT, build_trie
+from dcrec.shared.data import Dataset
 
 TITLES = [
     "",  # id 0: padding
@@ -252,7 +252,7 @@ def test_bad_options_fail_at_train_time(tmp_path: Path, synthetic_dataset: Datas
 
 
 def test_evaluation_counts_invalid_and_duplicate_ids() -> None:
-    from cloud.llm.evaluate import check_lists
+    from dcrec.cloud.llm.evaluate import check_lists
 
     lists = np.array([[1, 2, 3, 0], [5, 5, 99, -1], [4, 0, 0, 0]])
     assert check_lists(lists, n_items=10) == (2, 1)  # 99 and -1 invalid; 5 twice

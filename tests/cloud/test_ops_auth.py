@@ -14,16 +14,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from cloud.auth import AuthError, TokenAuthority
-from cloud.backends import load_generator
-from cloud.cli import parse_duration
-from cloud.registry import ModelRegistry
-from cloud.server import CloudServer, ServerConfig, TlsConfig, build_server
-from cloud.service import CandidateService
-from device.client import ClientTls, CloudClient, CloudUnauthorized, CloudUnavailable
-from shared.contract import CandidatesRequest
-from shared.proto.dcrec.v1 import recommend_pb2 as pb
-from shared.proto.dcrec.v1 import recommend_pb2_grpc as pb_grpc
+from dcrec.cloud.auth import AuthError, TokenAuthority
+from dcrec.cloud.backends import load_generator
+from dcrec.cloud.cli import parse_duration
+from dcrec.cloud.registry import ModelRegistry
+from dcrec.cloud.server import CloudServer, ServerConfig, TlsConfig, build_server
+from dcrec.cloud.service import CandidateService
+from dcrec.device.client import ClientTls, CloudClient, CloudUnauthorized, CloudUnavailable
+from dcrec.shared.contract import CandidatesRequest
+from dcrec.shared.proto.dcrec.v1 import recommend_pb2 as pb
+from dcrec.shared.proto.dcrec.v1 import recommend_pb2_grpc as pb_grpc
 
 SECRET = b"k" * 32
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from cloud.auth import TokenAuthority
-from cloud.registry import ModelRegistry
-from device.updates import load_trusted_keys, verify
-from shared.cli import main
+from dcrec.cloud.auth import TokenAuthority
+from dcrec.cloud.registry import ModelRegistry
+from dcrec.device.updates import load_trusted_keys, verify
+from dcrec.shared.cli import main
 
 
 def test_keygen_token_publish_rollback(tmp_path: Path, device_model_dir: Path, capsys) -> None:  # type: ignore[no-untyped-def]

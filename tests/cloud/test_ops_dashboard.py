@@ -11,17 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cloud.auth import TokenAuthority
-from cloud.backends import load_generator
-from cloud.events import DeviceEventLog
-from cloud.http.app import OpsState
-from cloud.http.runner import HttpConfig, HttpServer
-from cloud.metrics import Telemetry
-from cloud.registry import ModelRegistry
-from cloud.server import build_server
-from cloud.service import CandidateService
-from device.client import CloudClient
-from shared.contract import CandidatesRequest, Reason
+from dcrec.cloud.auth import TokenAuthority
+from dcrec.cloud.backends import load_generator
+from dcrec.cloud.events import DeviceEventLog
+from dcrec.cloud.http.app import OpsState
+from dcrec.cloud.http.runner import HttpConfig, HttpServer
+from dcrec.cloud.metrics import Telemetry
+from dcrec.cloud.registry import ModelRegistry
+from dcrec.cloud.server import build_server
+from dcrec.cloud.service import CandidateService
+from dcrec.device.client import CloudClient
+from dcrec.shared.contract import CandidatesRequest, Reason
 
 CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser")) if p), None)
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",

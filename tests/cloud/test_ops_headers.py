@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from cloud.auth import TokenAuthority
-from cloud.backends import load_generator
-from cloud.events import DeviceEventLog
-from cloud.http.app import STATIC, OpsState
-from cloud.http.headers import SECURITY_HEADERS
-from cloud.http.runner import HttpConfig, HttpServer
-from cloud.metrics import Telemetry
-from cloud.registry import ModelRegistry
-from cloud.service import CandidateService
+from dcrec.cloud.auth import TokenAuthority
+from dcrec.cloud.backends import load_generator
+from dcrec.cloud.events import DeviceEventLog
+from dcrec.cloud.http.app import STATIC, OpsState
+from dcrec.cloud.http.headers import SECURITY_HEADERS
+from dcrec.cloud.http.runner import HttpConfig, HttpServer
+from dcrec.cloud.metrics import Telemetry
+from dcrec.cloud.registry import ModelRegistry
+from dcrec.cloud.service import CandidateService
 
 EXPECTED = {
     "content-security-policy": "default-src 'self'; script-src 'self'; style-src 'self'; "

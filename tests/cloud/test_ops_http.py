@@ -13,17 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cloud.auth import TokenAuthority
-from cloud.backends import load_generator
-from cloud.http.app import OpsState
-from cloud.http.runner import HttpConfig, HttpServer
-from cloud.registry import CloudModelRegistry, ModelRegistry
-from cloud.server import CloudServer, build_server
-from cloud.service import CandidateService
-from cloud.signing import Signer
-from device.client import CloudClient
-from device.updates import TrustedKeys, update
-from shared.contract import CandidatesRequest, Reason
+from dcrec.cloud.auth import TokenAuthority
+from dcrec.cloud.backends import load_generator
+from dcrec.cloud.http.app import OpsState
+from dcrec.cloud.http.runner import HttpConfig, HttpServer
+from dcrec.cloud.registry import CloudModelRegistry, ModelRegistry
+from dcrec.cloud.server import CloudServer, build_server
+from dcrec.cloud.service import CandidateService
+from dcrec.cloud.signing import Signer
+from dcrec.device.client import CloudClient
+from dcrec.device.updates import TrustedKeys, update
+from dcrec.shared.contract import CandidatesRequest, Reason
 
 SECRET = b"s" * 32
 

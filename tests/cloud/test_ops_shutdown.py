@@ -15,8 +15,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from shared.proto.dcrec.v1 import recommend_pb2 as pb
-from shared.proto.dcrec.v1 import recommend_pb2_grpc as pb_grpc
+from dcrec.shared.proto.dcrec.v1 import recommend_pb2 as pb
+from dcrec.shared.proto.dcrec.v1 import recommend_pb2_grpc as pb_grpc
 
 REPO = Path(__file__).resolve().parents[2]
 GRACE_S = 6.0
@@ -25,10 +25,10 @@ HOLD_S = 1.5  # each call takes this long once all 20 are in, well inside the gr
 SERVER = textwrap.dedent("""
     import sys, threading, time
     from pathlib import Path
-    from cloud.backends import load_generator
-    from cloud.http.runner import HttpConfig
-    from cloud.server import ServerConfig, serve
-    from cloud.service import CandidateService
+    from dcrec.cloud.backends import load_generator
+    from dcrec.cloud.http.runner import HttpConfig
+    from dcrec.cloud.server import ServerConfig, serve
+    from dcrec.cloud.service import CandidateService
 
     model_dir, ready, inflight_file, hold, grace = sys.argv[1:6]
     inner = load_generator(model_dir)

@@ -27,23 +27,23 @@ import grpc
 import numpy as np
 import pytest
 
-from cloud.backends import load_generator
-from cloud.registry import (
+from dcrec.cloud.backends import load_generator
+from dcrec.cloud.registry import (
     ModelRegistry,
     RegistryError,
     RegistryUnreadable,
     ReleaseRefused,
     Releases,
 )
-from cloud.server import CloudServer, build_server
-from cloud.service import CandidateService
-from cloud.signing import Signer, write_keypair
-from device.updates import verify
-from shared.contract import manifest_bytes
-from shared.neighbours import NeighbourIndex
-from shared.proto.dcrec.v1 import recommend_pb2 as pb
-from shared.proto.dcrec.v1 import recommend_pb2_grpc as pb_grpc
-from shared.signatures import TrustedKeys, load_trusted_keys
+from dcrec.cloud.server import CloudServer, build_server
+from dcrec.cloud.service import CandidateService
+from dcrec.cloud.signing import Signer, write_keypair
+from dcrec.device.updates import verify
+from dcrec.shared.contract import manifest_bytes
+from dcrec.shared.neighbours import NeighbourIndex
+from dcrec.shared.proto.dcrec.v1 import recommend_pb2 as pb
+from dcrec.shared.proto.dcrec.v1 import recommend_pb2_grpc as pb_grpc
+from dcrec.shared.signatures import TrustedKeys, load_trusted_keys
 
 REPO = Path(__file__).resolve().parents[2]
 SIGNER = Signer.generate()  # the operator's key; the server below holds only its public half
@@ -231,7 +231,7 @@ def test_a_tampered_release_is_never_served(name: str, root: Path, serve, caplog
     tamper, why = TAMPERED[name]
     tamper(root)
     stub = serve(ModelRegistry(root, trusted=SIGNER.trusted()))  # the public key only
-    with caplog.at_level(logging.ERROR, logger="cloud.server"), pytest.raises(grpc.RpcError) as e:
+    with caplog.at_level(logging.ERROR, logger="dcrec.cloud.server"), pytest.raises(grpc.RpcError) as e:
         fetch(stub)
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION, name
     assert "failed signature verification" in e.value.details() and why in e.value.details(), \
@@ -397,11 +397,11 @@ def test_the_server_answers_unavailable_for_a_torn_release(root: Path, serve, ca
     stub = serve(ModelRegistry(root, trusted=SIGNER.trusted()))
     assert fetch(stub).sequence == 1
     (root / "RELEASE.json").write_text('{"version": "d1", "sequ')
-    with caplog.at_level(logging.ERROR, logger="cloud.server"), pytest.raises(grpc.RpcError) as e:
+    with caplog.at_level(logging.ERROR, logger="dcrec.cloud.server"), pytest.raises(grpc.RpcError) as e:
         fetch(stub)
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
     assert e.value.details() == "device model registry unavailable"  # paths stay in the log
-    [logged] = [r for r in caplog.records if r.name == "cloud.server"]
+    [logged] = [r for r in caplog.records if r.name == "dcrec.cloud.server"]
     assert "RELEASE.json: not valid JSON" in logged.getMessage() and logged.exc_info is None
 
 
@@ -412,7 +412,7 @@ def test_serve_verifies_releases_with_the_trusted_key_flag(tmp_path: Path, root:
     pub, ready = tmp_path / "signing.pub.pem", tmp_path / "port"
     pub.write_bytes(SIGNER.public_pem())
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "cloud", "serve", "--model-dir", str(cloud_model_dir),
+        [sys.executable, "-m", "dcrec.shared.cli", "cloud", "serve", "--model-dir", str(cloud_model_dir),
          "--registry", str(root), "--trusted-key", str(pub), "--address", "127.0.0.1:0",
          "--ready-file", str(ready), "--insecure"], cwd=REPO, stderr=subprocess.PIPE)
     try:
@@ -439,7 +439,7 @@ def test_serve_verifies_releases_with_the_trusted_key_flag(tmp_path: Path, root:
 
 def test_serve_refuses_a_trusted_key_that_is_not_one(tmp_path: Path, root: Path,
                                                       cloud_model_dir: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    from shared.cli import main
+    from dcrec.shared.cli import main
 
     (tmp_path / "junk.pem").write_text("not a key")
     code = main(["cloud", "serve", "--model-dir", str(cloud_model_dir), "--registry", str(root),

@@ -12,15 +12,15 @@ import grpc
 import numpy as np
 import pytest
 
-from cloud.backends import load_generator
-from cloud.bench_serving import markdown, summarize
-from cloud.evaluation import evaluate_loo
-from cloud.server import REPLICA_KEY
-from shared.cli import main
-from shared.data import Dataset
-from shared.proto.dcrec.v1 import recommend_pb2 as pb
-from shared.proto.dcrec.v1 import recommend_pb2_grpc as pb_grpc
-from shared.splits import leave_one_out
+from dcrec.cloud.backends import load_generator
+from dcrec.cloud.bench_serving import markdown, summarize
+from dcrec.cloud.evaluation import evaluate_loo
+from dcrec.cloud.server import REPLICA_KEY
+from dcrec.shared.cli import main
+from dcrec.shared.data import Dataset
+from dcrec.shared.proto.dcrec.v1 import recommend_pb2 as pb
+from dcrec.shared.proto.dcrec.v1 import recommend_pb2_grpc as pb_grpc
+from dcrec.shared.splits import leave_one_out
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,7 +41,7 @@ def _children(pid: int) -> list[int]:
 def test_two_processes_serve_one_port(cloud_model_dir: Path, tmp_path: Path) -> None:
     ready = tmp_path / "port"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "cloud", "serve", "--model-dir", str(cloud_model_dir),
+        [sys.executable, "-m", "dcrec.shared.cli", "cloud", "serve", "--model-dir", str(cloud_model_dir),
          "--address", "127.0.0.1:0", "--ready-file", str(ready), "--insecure",
          "--processes", "2", "--batch-max-size", "8", "--batch-max-wait-ms", "2"],
         cwd=REPO, stderr=subprocess.PIPE)
@@ -99,10 +99,10 @@ def test_eval_refuses_a_model_of_another_data_set(cloud_model_dir: Path,
 
 
 def test_load_generator_and_bench_summary(cloud_model_dir: Path) -> None:
-    from cloud import loadgen
-    from cloud.batching import BatchConfig
-    from cloud.server import ServerConfig, build_server
-    from cloud.service import CandidateService
+    from dcrec.cloud import loadgen
+    from dcrec.cloud.batching import BatchConfig
+    from dcrec.cloud.server import ServerConfig, build_server
+    from dcrec.cloud.service import CandidateService
 
     cs = build_server("127.0.0.1:0", CandidateService(load_generator(cloud_model_dir)),
                       config=ServerConfig(insecure=True, max_workers=16,

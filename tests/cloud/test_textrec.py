@@ -9,11 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from cloud import backends
-from cloud.generator import CandidateGenerator
-from cloud.textrec.backend import TextRecGenerator, holdout_valid, load_generator, split_options
-from cloud.textrec.model import TextRecConfig
-from shared.data import Dataset
+from dcrec.cloud import backends
+from dcrec.cloud.generator import CandidateGenerator
+from dcrec.cloud.textrec.backend import (
+    TextRecGenerator,
+    holdout_valid,
+    load_generator,
+    split_options,
+)
+from dcrec.cloud.textrec.model import TextRecConfig
+from dcrec.shared.data import Dataset
 
 SMALL = {"dim": 32, "n_heads": 2, "n_layers": 1, "max_len": 10, "dropout": 0.1,
          "batch_size": 32, "lr": 3e-3, "valid_users": 40, "patience": 50}

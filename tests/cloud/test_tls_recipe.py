@@ -20,15 +20,15 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from cloud.backends import load_generator
-from cloud.events import DeviceEventLog
-from cloud.http.app import OpsState
-from cloud.http.runner import HttpConfig, HttpServer
-from cloud.metrics import Telemetry
-from cloud.server import CloudServer, ServerConfig, TlsConfig, build_server
-from cloud.service import CandidateService
-from device.client import ClientTls, CloudClient, CloudUnavailable
-from shared.contract import CandidatesRequest
+from dcrec.cloud.backends import load_generator
+from dcrec.cloud.events import DeviceEventLog
+from dcrec.cloud.http.app import OpsState
+from dcrec.cloud.http.runner import HttpConfig, HttpServer
+from dcrec.cloud.metrics import Telemetry
+from dcrec.cloud.server import CloudServer, ServerConfig, TlsConfig, build_server
+from dcrec.cloud.service import CandidateService
+from dcrec.device.client import ClientTls, CloudClient, CloudUnavailable
+from dcrec.shared.contract import CandidatesRequest
 
 OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "OPERATIONS.md"
 MARKER = "<!-- tls-recipe -->"

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from device.budget import BudgetExceeded, QuantileTracker, TokenBucket, random_phase
+from dcrec.device.budget import BudgetExceeded, QuantileTracker, TokenBucket, random_phase
 
 
 @settings(max_examples=200, deadline=None)

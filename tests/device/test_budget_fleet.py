@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from device.reranker import OnnxReranker
-from simulator.cloudproc import CloudProcess
-from simulator.replay import ReplayConfig, replay
+from dcrec.device.reranker import OnnxReranker
+from dcrec.simulator.cloudproc import CloudProcess
+from dcrec.simulator.replay import ReplayConfig, replay
 
 TARGET = 0.05
 

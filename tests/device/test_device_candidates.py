@@ -1,6 +1,6 @@
 """The device's own picks ranked beside the cloud's list (``RuntimeConfig.device_candidates``).
 
-The runtime and the offline harness (``simulator.bench.quality``) must rank the
+The runtime and the offline harness (``dcrec.simulator.bench.quality``) must rank the
 same widened list the same way, or the harness measures something the device
 never does.
 """
@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device.fusion import fuse
-from device.policy import NeverPolicy, PolicyInput
-from device.runtime import DeviceRuntime, RuntimeConfig
-from device.store import CachedList, DeviceStore
-from simulator.bench.quality import add_device_candidates
+from dcrec.device.fusion import fuse
+from dcrec.device.policy import NeverPolicy, PolicyInput
+from dcrec.device.runtime import DeviceRuntime, RuntimeConfig
+from dcrec.device.store import CachedList, DeviceStore
+from dcrec.simulator.bench.quality import add_device_candidates
 
 N_ITEMS = 300
 

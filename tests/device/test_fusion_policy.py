@@ -1,9 +1,15 @@
 import numpy as np
 import pytest
 
-from device.fusion import blend, descending_order, fuse, normalise, rank_scores
-from device.policy import AlwaysPolicy, DisagreementPolicy, NeverPolicy, PolicyInput, make_policy
-from shared.contract import Reason
+from dcrec.device.fusion import blend, descending_order, fuse, normalise, rank_scores
+from dcrec.device.policy import (
+    AlwaysPolicy,
+    DisagreementPolicy,
+    NeverPolicy,
+    PolicyInput,
+    make_policy,
+)
+from dcrec.shared.contract import Reason
 
 
 def test_rank_scores() -> None:

@@ -27,23 +27,23 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cloud.backends import load_generator, train
-from cloud.neighbours import build
-from cloud.registry import ModelRegistry
-from cloud.server import CloudServer, build_server
-from cloud.service import CandidateService
-from device.client import CloudClient
-from device.migrations import SCHEMA_VERSION
-from device.policy import NeverPolicy
-from device.reranker import ModelLoadError, OnnxReranker
-from device.runtime import DeviceRuntime
-from device.store import CachedList, DeviceStore, StoreError
-from device.updates import POINTER, ModelRejected, install, load_installed, update
-from shared.cli import main as dcrec
-from shared.contract import DeviceModel, manifest_bytes
-from shared.data import load_sequences
-from shared.errors import DeviceDataError
-from shared.neighbours import NeighbourIndex, NeighbourIndexError
+from dcrec.cloud.backends import load_generator, train
+from dcrec.cloud.neighbours import build
+from dcrec.cloud.registry import ModelRegistry
+from dcrec.cloud.server import CloudServer, build_server
+from dcrec.cloud.service import CandidateService
+from dcrec.device.client import CloudClient
+from dcrec.device.migrations import SCHEMA_VERSION
+from dcrec.device.policy import NeverPolicy
+from dcrec.device.reranker import ModelLoadError, OnnxReranker
+from dcrec.device.runtime import DeviceRuntime
+from dcrec.device.store import CachedList, DeviceStore, StoreError
+from dcrec.device.updates import POINTER, ModelRejected, install, load_installed, update
+from dcrec.shared.cli import main as dcrec
+from dcrec.shared.contract import DeviceModel, manifest_bytes
+from dcrec.shared.data import load_sequences
+from dcrec.shared.errors import DeviceDataError
+from dcrec.shared.neighbours import NeighbourIndex, NeighbourIndexError
 
 N_ITEMS = 40
 MAX_LEN = 20

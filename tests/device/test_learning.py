@@ -5,12 +5,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device.adapt import UserAdapter
-from device.fusion import AlphaLearner, fuse, zscores
-from device.policy import make_policy
-from device.reranker import OnnxReranker
-from device.runtime import DeviceRuntime, RuntimeConfig
-from device.store import CachedList, DeviceStore
+from dcrec.device.adapt import UserAdapter
+from dcrec.device.fusion import AlphaLearner, fuse, zscores
+from dcrec.device.policy import make_policy
+from dcrec.device.reranker import OnnxReranker
+from dcrec.device.runtime import DeviceRuntime, RuntimeConfig
+from dcrec.device.store import CachedList, DeviceStore
 
 
 def test_alpha_learner_moves_towards_the_side_that_predicts_choices() -> None:

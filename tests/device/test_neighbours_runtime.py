@@ -1,6 +1,6 @@
 """The neighbour index on the device: local lists between requests, and delivery with the model.
 
-The runtime must rank what the harness (``simulator.bench.quality``) measures;
+The runtime must rank what the harness (``dcrec.simulator.bench.quality``) measures;
 the index travels in the model release over a real gRPC server and is
 verified like the model itself.
 """
@@ -14,21 +14,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cloud.backends import load_generator
-from cloud.neighbours import build
-from cloud.registry import ModelRegistry, RegistryError
-from cloud.server import build_server
-from cloud.service import CandidateService
-from device.client import CloudClient
-from device.fusion import fuse
-from device.policy import NeverPolicy
-from device.reranker import OnnxReranker
-from device.runtime import DeviceRuntime, RuntimeConfig
-from device.store import CachedList, DeviceStore
-from device.updates import ModelRejected, ModelUpdater, install, load_installed, verify
-from shared.contract import DeviceModel, manifest_bytes
-from shared.neighbours import NeighbourIndex
-from simulator.bench.quality import add_device_candidates, blend_with_local, local_lists
+from dcrec.cloud.backends import load_generator
+from dcrec.cloud.neighbours import build
+from dcrec.cloud.registry import ModelRegistry, RegistryError
+from dcrec.cloud.server import build_server
+from dcrec.cloud.service import CandidateService
+from dcrec.device.client import CloudClient
+from dcrec.device.fusion import fuse
+from dcrec.device.policy import NeverPolicy
+from dcrec.device.reranker import OnnxReranker
+from dcrec.device.runtime import DeviceRuntime, RuntimeConfig
+from dcrec.device.store import CachedList, DeviceStore
+from dcrec.device.updates import ModelRejected, ModelUpdater, install, load_installed, verify
+from dcrec.shared.contract import DeviceModel, manifest_bytes
+from dcrec.shared.neighbours import NeighbourIndex
+from dcrec.simulator.bench.quality import add_device_candidates, blend_with_local, local_lists
 
 N_ITEMS = 300
 

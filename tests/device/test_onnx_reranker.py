@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device.reranker import ModelLoadError, OnnxReranker
+from dcrec.device.reranker import ModelLoadError, OnnxReranker
 
 
 def test_onnx_matches_torch_within_1e4(device_model_dir: Path) -> None:
     torch = pytest.importorskip("torch")
-    from device.training.train import load_sasrec
+    from dcrec.device.training.train import load_sasrec
 
     model = load_sasrec(device_model_dir)
     rr = OnnxReranker.from_file(device_model_dir / "model.onnx", model.cfg.max_len)
@@ -48,9 +48,9 @@ class NoTorch(importlib.abc.MetaPathFinder):
         if name == "torch" or name.startswith("torch."):
             raise ImportError("torch is not available on the device")
 sys.meta_path.insert(0, NoTorch())
-from device.runtime import DeviceRuntime
-from device.reranker import OnnxReranker
-from device.store import DeviceStore, CachedList
+from dcrec.device.runtime import DeviceRuntime
+from dcrec.device.reranker import OnnxReranker
+from dcrec.device.store import DeviceStore, CachedList
 import numpy as np
 rr = OnnxReranker.from_file({str(device_model_dir / 'model.onnx')!r}, 50)
 store = DeviceStore({str(tmp_path / 'd.sqlite')!r})

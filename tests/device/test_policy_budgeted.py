@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from device.policy import (
+from dcrec.device.policy import (
     BudgetedPolicy,
     PeriodicPolicy,
     PolicyInput,
@@ -11,7 +11,7 @@ from device.policy import (
     RequestFeedback,
     make_policy,
 )
-from shared.contract import Reason
+from dcrec.shared.contract import Reason
 
 
 def state(**kw: object) -> PolicyInput:

@@ -8,17 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cloud.backends import load_generator
-from cloud.registry import ModelRegistry
-from cloud.server import create_server
-from cloud.service import CandidateService
-from device.client import Backoff, CloudClient
-from device.policy import AlwaysPolicy, DisagreementPolicy, NeverPolicy
-from device.reranker import OnnxReranker
-from device.runtime import DeviceRuntime, RuntimeConfig
-from device.store import DeviceStore
-from device.updates import load_installed, update
-from shared.contract import Reason
+from dcrec.cloud.backends import load_generator
+from dcrec.cloud.registry import ModelRegistry
+from dcrec.cloud.server import create_server
+from dcrec.cloud.service import CandidateService
+from dcrec.device.client import Backoff, CloudClient
+from dcrec.device.policy import AlwaysPolicy, DisagreementPolicy, NeverPolicy
+from dcrec.device.reranker import OnnxReranker
+from dcrec.device.runtime import DeviceRuntime, RuntimeConfig
+from dcrec.device.store import DeviceStore
+from dcrec.device.updates import load_installed, update
+from dcrec.shared.contract import Reason
 
 
 @pytest.fixture
@@ -113,7 +113,7 @@ def test_model_update_verifies_and_persists(tmp_path: Path, cloud) -> None:  # t
 
 
 def test_regret_measure_scores_the_whole_catalogue(tmp_path: Path, cloud, device_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
-    from shared.agreement import expected_regret, softmax
+    from dcrec.shared.agreement import expected_regret, softmax
 
     rr = OnnxReranker.from_file(device_model_dir / "model.onnx", 50, n_items=1682)
     rt = make(tmp_path, cloud[0], rr, NeverPolicy(), measure="regret")
@@ -130,7 +130,7 @@ def test_regret_measure_scores_the_whole_catalogue(tmp_path: Path, cloud, device
 
 
 def test_uncovered_measure_is_the_mass_outside_the_cloud_list(tmp_path: Path, cloud, device_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
-    from shared.agreement import softmax, uncovered_mass
+    from dcrec.shared.agreement import softmax, uncovered_mass
 
     rr = OnnxReranker.from_file(device_model_dir / "model.onnx", 50, n_items=1682)
     rt = make(tmp_path, cloud[0], rr, NeverPolicy(), measure="uncovered", regret_temperature=4.0,

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device.fusion import fuse
-from device.policy import NeverPolicy
-from device.runtime import DeviceRuntime, RuntimeConfig
-from device.store import CachedList, DeviceStore
-from shared.agreement import disagreement
+from dcrec.device.fusion import fuse
+from dcrec.device.policy import NeverPolicy
+from dcrec.device.runtime import DeviceRuntime, RuntimeConfig
+from dcrec.device.store import CachedList, DeviceStore
+from dcrec.shared.agreement import disagreement
 
 
 class HashReranker:

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device.store import CachedList, DeviceStore, StoreError, _Tail
+from dcrec.device.store import CachedList, DeviceStore, StoreError, _Tail
 
 
 def test_events_survive_reopen(tmp_path: Path) -> None:
@@ -128,7 +128,7 @@ def _make_v1_file(path: Path) -> None:
 def test_old_schema_file_is_migrated(tmp_path: Path) -> None:
     import sqlite3
 
-    from device.migrations import SCHEMA_VERSION
+    from dcrec.device.migrations import SCHEMA_VERSION
 
     path = tmp_path / "old.sqlite"
     _make_v1_file(path)
@@ -151,7 +151,7 @@ def test_old_schema_file_is_migrated(tmp_path: Path) -> None:
 
 
 def test_size_is_bounded_and_seen_items_outlive_pruning(tmp_path: Path) -> None:
-    from device.store import StoreLimits
+    from dcrec.device.store import StoreLimits
 
     s = DeviceStore(tmp_path / "d.sqlite", limits=StoreLimits(max_events=100, max_requests=10,
                                                               max_outbox=20))
@@ -171,7 +171,7 @@ def test_size_is_bounded_and_seen_items_outlive_pruning(tmp_path: Path) -> None:
 
 
 def test_outbox_ack_and_models(tmp_path: Path) -> None:
-    from device.store import InstalledModel
+    from dcrec.device.store import InstalledModel
 
     s = DeviceStore(tmp_path / "d.sqlite")
     s.log_request(1.0, "expired", False, 12.5, error="UNAVAILABLE")

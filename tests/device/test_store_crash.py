@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from device.store import DeviceStore
+from dcrec.device.store import DeviceStore
 
 REPO = Path(__file__).resolve().parents[2]
 ROUNDS = 100
@@ -30,7 +30,7 @@ ROUNDS = 100
 HELPER = textwrap.dedent("""
     import os, sys
     import numpy as np
-    from device.store import CachedList, DeviceStore
+    from dcrec.device.store import CachedList, DeviceStore
 
     path = sys.argv[1]
     for line in sys.stdin:

@@ -15,16 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from cloud.backends import load_generator
-from cloud.registry import ModelRegistry
-from cloud.server import CloudServer, build_server
-from cloud.service import CandidateService
-from cloud.signing import Signer
-from device.client import CloudClient
-from device.policy import NeverPolicy
-from device.runtime import DeviceRuntime
-from device.store import DeviceStore
-from device.updates import (
+from dcrec.cloud.backends import load_generator
+from dcrec.cloud.registry import ModelRegistry
+from dcrec.cloud.server import CloudServer, build_server
+from dcrec.cloud.service import CandidateService
+from dcrec.cloud.signing import Signer
+from dcrec.device.client import CloudClient
+from dcrec.device.policy import NeverPolicy
+from dcrec.device.runtime import DeviceRuntime
+from dcrec.device.store import DeviceStore
+from dcrec.device.updates import (
     ModelRejected,
     ModelUpdater,
     TrustedKeys,
@@ -33,7 +33,7 @@ from device.updates import (
     load_installed,
     verify,
 )
-from shared.contract import DeviceModel, manifest_bytes
+from dcrec.shared.contract import DeviceModel, manifest_bytes
 
 
 class Served:

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from device.client import CloudClient
-from device.policy import DisagreementPolicy
-from device.reranker import OnnxReranker
-from device.runtime import DeviceRuntime
-from device.store import DeviceStore
-from simulator.cloudproc import CloudProcess
+from dcrec.device.client import CloudClient
+from dcrec.device.policy import DisagreementPolicy
+from dcrec.device.reranker import OnnxReranker
+from dcrec.device.runtime import DeviceRuntime
+from dcrec.device.store import DeviceStore
+from dcrec.simulator.cloudproc import CloudProcess
 
 
 def test_devices_survive_a_killed_server(tmp_path: Path, cloud_model_dir: Path, registry_dir: Path,

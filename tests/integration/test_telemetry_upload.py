@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from cloud.backends import load_generator
-from cloud.device_telemetry import TelemetryConfig, TelemetryItem, TelemetrySink
-from cloud.metrics import Telemetry
-from cloud.server import CloudServer, ServerConfig, build_server
-from cloud.service import CandidateService, InvalidRequest, ServiceConfig
-from device.client import Backoff, CloudClient
-from device.policy import NeverPolicy
-from device.runtime import DeviceRuntime
-from device.store import DeviceStore
-from device.telemetry import TelemetryUploader
+from dcrec.cloud.backends import load_generator
+from dcrec.cloud.device_telemetry import TelemetryConfig, TelemetryItem, TelemetrySink
+from dcrec.cloud.metrics import Telemetry
+from dcrec.cloud.server import CloudServer, ServerConfig, build_server
+from dcrec.cloud.service import CandidateService, InvalidRequest, ServiceConfig
+from dcrec.device.client import Backoff, CloudClient
+from dcrec.device.policy import NeverPolicy
+from dcrec.device.runtime import DeviceRuntime
+from dcrec.device.store import DeviceStore
+from dcrec.device.telemetry import TelemetryUploader
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
@@ -131,7 +131,7 @@ def test_an_unreachable_cloud_loses_no_telemetry(cloud: CloudServer, tmp_path: P
 def test_an_old_outbox_migrates_with_its_records(tmp_path: Path) -> None:
     path = tmp_path / "v2.sqlite"
     conn = sqlite3.connect(path, isolation_level=None)
-    from device.migrations import migrate
+    from dcrec.device.migrations import migrate
 
     migrate(conn, target=2)
     conn.execute("INSERT INTO outbox (kind, payload, created_at) VALUES ('request', '{}', 1.0)")

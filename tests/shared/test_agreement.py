@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from shared.agreement import disagreement, footrule, kendall_tau, rank_biased_overlap
+from dcrec.shared.agreement import disagreement, footrule, kendall_tau, rank_biased_overlap
 
 
 def test_footrule_hand_computed() -> None:
@@ -53,7 +53,7 @@ def test_disagreement_bounds(measure: str) -> None:
 
 
 def test_coverage_gap() -> None:
-    from shared.agreement import coverage_gap
+    from dcrec.shared.agreement import coverage_gap
 
     cloud = np.array([1, 2, 3, 4])
     assert coverage_gap(np.array([2, 3]), cloud) == 0.0
@@ -63,7 +63,7 @@ def test_coverage_gap() -> None:
 
 
 def test_expected_regret_is_zero_for_the_device_favourites_in_order() -> None:
-    from shared.agreement import expected_regret
+    from dcrec.shared.agreement import expected_regret
 
     p = np.array([0.0, 0.5, 0.3, 0.1, 0.1])
     assert expected_regret(p, np.array([1, 2, 3]), k=3) == pytest.approx(0.0)
@@ -78,7 +78,7 @@ def test_expected_regret_is_zero_for_the_device_favourites_in_order() -> None:
 
 
 def test_expected_regret_grows_with_the_device_confidence() -> None:
-    from shared.agreement import expected_regret, softmax
+    from dcrec.shared.agreement import expected_regret, softmax
 
     shown = np.array([5, 6, 7])
     sure = softmax(np.array([-np.inf, 8.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]))
@@ -93,7 +93,7 @@ def test_expected_regret_grows_with_the_device_confidence() -> None:
 
 
 def test_uncovered_mass_is_the_probability_outside_the_list() -> None:
-    from shared.agreement import uncovered_mass
+    from dcrec.shared.agreement import uncovered_mass
 
     p = np.array([0.0, 0.5, 0.3, 0.1, 0.1])
     assert uncovered_mass(p, np.array([1, 2, 3, 4])) == pytest.approx(0.0)

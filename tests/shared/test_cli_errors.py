@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from shared.cli import main
-from shared.cliutil import duration
+from dcrec.shared.cli import main
+from dcrec.shared.cliutil import duration
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     """The real entry point in a fresh interpreter, as a shell would run it."""
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "dcrec.shared.cli", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
 
 

@@ -15,9 +15,9 @@ from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloud.service import CandidateService, InvalidRequest, ServiceConfig
-from shared.contract import CandidatesRequest, CandidatesResponse, DeviceModel, Reason
-from shared.convert import (
+from dcrec.cloud.service import CandidateService, InvalidRequest, ServiceConfig
+from dcrec.shared.contract import CandidatesRequest, CandidatesResponse, DeviceModel, Reason
+from dcrec.shared.convert import (
     model_from_pb,
     model_to_pb,
     request_from_pb,
@@ -25,7 +25,7 @@ from shared.convert import (
     response_from_pb,
     response_to_pb,
 )
-from shared.proto.dcrec.v1 import recommend_pb2 as pb
+from dcrec.shared.proto.dcrec.v1 import recommend_pb2 as pb
 
 FIELDS = {"device_id", "count", "history", "history.item_id", "history.timestamp",
           "current_list_id"}

@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.data import DataError, load_atomic, load_dataset, load_sequences
+from dcrec.shared.data import DataError, load_atomic, load_dataset, load_sequences
 
 
 def write(path: Path, text: str) -> Path:

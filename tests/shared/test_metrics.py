@@ -3,7 +3,15 @@ import math
 import numpy as np
 import pytest
 
-from shared.metrics import MISS, hit_rate, mrr, ndcg, ranks_from_scores, ranks_in_lists, summarize
+from dcrec.shared.metrics import (
+    MISS,
+    hit_rate,
+    mrr,
+    ndcg,
+    ranks_from_scores,
+    ranks_in_lists,
+    summarize,
+)
 
 
 def test_hand_computed_ranks_and_metrics() -> None:

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cloud.backends import load_generator
-from cloud.neighbours import build
-from device.fusion import blend_lists
-from shared.neighbours import NeighbourIndex, NeighbourIndexError
+from dcrec.cloud.backends import load_generator
+from dcrec.cloud.neighbours import build
+from dcrec.device.fusion import blend_lists
+from dcrec.shared.neighbours import NeighbourIndex, NeighbourIndexError
 
 
 @pytest.fixture(scope="module")

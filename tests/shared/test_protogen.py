@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from shared import protogen
+from dcrec.shared import protogen
 
 
 def test_checked_in_stubs_are_fresh(tmp_path: Path) -> None:
@@ -14,6 +14,6 @@ def test_checked_in_stubs_are_fresh(tmp_path: Path) -> None:
     for path in written:
         rel = path.relative_to(tmp_path)
         checked_in = protogen.OUT_ROOT / rel
-        assert checked_in.is_file(), f"{rel} is missing: run python -m shared.protogen"
+        assert checked_in.is_file(), f"{rel} is missing: run python -m dcrec.shared.protogen"
         assert checked_in.read_text() == path.read_text(), (
-            f"{rel} is stale: run python -m shared.protogen")
+            f"{rel} is stale: run python -m dcrec.shared.protogen")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from shared.splits import leave_one_out, stale_cloud_split, time_split
+from dcrec.shared.splits import leave_one_out, stale_cloud_split, time_split
 
 
 def test_leave_one_out(ml100k) -> None:  # type: ignore[no-untyped-def]

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulator.bench import report
-from simulator.bench.quality import QualityConfig, calibrate_threshold, run
+from dcrec.simulator.bench import report
+from dcrec.simulator.bench.quality import QualityConfig, calibrate_threshold, run
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,7 @@ def test_reuse_loads_a_cloud_model_only_when_it_was_trained_on_the_same_data(tmp
 
 
 def test_a_second_run_on_the_same_workdir_is_refused(tmp_path: Path) -> None:
-    from simulator.bench.quality import WorkdirInUse, _workdir_lock
+    from dcrec.simulator.bench.quality import WorkdirInUse, _workdir_lock
 
     cfg = QualityConfig(dataset="ml-100k", device_epochs=1, max_users=50, baselines=(), workdir=tmp_path)
     with _workdir_lock(tmp_path / "ml-100k"):

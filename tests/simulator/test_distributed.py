@@ -6,16 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from simulator.cloudproc import CloudProcess
-from simulator.runner import run_fleet
-from simulator.scenario import parse_scenario
+from dcrec.simulator.cloudproc import CloudProcess
+from dcrec.simulator.runner import run_fleet
+from dcrec.simulator.scenario import parse_scenario
 
 ray = pytest.importorskip("ray", reason="sharded runs need the fleet extra (ray)")
 
 
 def test_two_shards_equal_one_process(tmp_path: Path, cloud_model_dir: Path, registry_dir: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from simulator.distributed import run_sharded
+    from dcrec.simulator.distributed import run_sharded
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     sc = parse_scenario({

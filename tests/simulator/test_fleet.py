@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device.reranker import OnnxReranker
-from simulator.cloudproc import CloudProcess
-from simulator.fleet import Fleet, FleetConfig
-from simulator.runner import ManagedCloud, evaluate_checks, run_fleet
-from simulator.scenario import parse_scenario
-from simulator.workload import TraceWorkload
+from dcrec.device.reranker import OnnxReranker
+from dcrec.simulator.cloudproc import CloudProcess
+from dcrec.simulator.fleet import Fleet, FleetConfig
+from dcrec.simulator.runner import ManagedCloud, evaluate_checks, run_fleet
+from dcrec.simulator.scenario import parse_scenario
+from dcrec.simulator.workload import TraceWorkload
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator.metrics import TimeSeries, recovery_peak, summarize, write_csv
+from dcrec.simulator.metrics import TimeSeries, recovery_peak, summarize, write_csv
 
 
 def test_bins_count_quality_requests_and_bytes(tmp_path: Path) -> None:

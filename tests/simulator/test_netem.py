@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulator.netem import LinkProfile, ProxyThread, Window
+from dcrec.simulator.netem import LinkProfile, ProxyThread, Window
 
 
 class _Echo(socketserver.BaseRequestHandler):
@@ -102,11 +102,11 @@ def test_profile_validation() -> None:
 
 def test_grpc_through_the_proxy(cloud_model_dir: Path, ml_split) -> None:  # type: ignore[no-untyped-def]
     """HTTP/2 gRPC passes transparently, with latency, and fails while the link is down."""
-    from cloud.backends import load_generator
-    from cloud.server import create_server
-    from cloud.service import CandidateService
-    from device.client import CloudClient, CloudUnavailable
-    from shared.contract import CandidatesRequest
+    from dcrec.cloud.backends import load_generator
+    from dcrec.cloud.server import create_server
+    from dcrec.cloud.service import CandidateService
+    from dcrec.device.client import CloudClient, CloudUnavailable
+    from dcrec.shared.contract import CandidatesRequest
 
     server, port, _ = create_server("127.0.0.1:0", CandidateService(load_generator(cloud_model_dir)))
     server.start()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
-from device.policy import AlwaysPolicy, PolicyInput
-from shared.contract import Reason
-from simulator.recovery import RecoverySpread
+from dcrec.device.policy import AlwaysPolicy, PolicyInput
+from dcrec.shared.contract import Reason
+from dcrec.simulator.recovery import RecoverySpread
 
 
 def _state(now: float) -> PolicyInput:

@@ -2,10 +2,10 @@ from pathlib import Path
 
 import pytest
 
-from device.reranker import OnnxReranker
-from simulator.cloudproc import CloudProcess
-from simulator.replay import ReplayConfig, replay
-from simulator.run import format_table
+from dcrec.device.reranker import OnnxReranker
+from dcrec.simulator.cloudproc import CloudProcess
+from dcrec.simulator.replay import ReplayConfig, replay
+from dcrec.simulator.run import format_table
 
 
 def test_replay_bounds(tmp_path: Path, cloud_model_dir: Path, device_model_dir: Path, ml_split) -> None:  # type: ignore[no-untyped-def]

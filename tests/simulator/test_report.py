@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from shared.cli import main
-from simulator.fleet import FleetResult
-from simulator.metrics import TimeSeries
-from simulator.report import summary_table, write_report
-from simulator.scenario import parse_scenario
+from dcrec.shared.cli import main
+from dcrec.simulator.fleet import FleetResult
+from dcrec.simulator.metrics import TimeSeries
+from dcrec.simulator.report import summary_table, write_report
+from dcrec.simulator.scenario import parse_scenario
 
 
 def _result(policy: str) -> FleetResult:

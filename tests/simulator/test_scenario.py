@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator.scenario import SCENARIO_DIR, ScenarioError, load_scenario, parse_scenario
+from dcrec.simulator.scenario import SCENARIO_DIR, ScenarioError, load_scenario, parse_scenario
 
 
 def test_builtin_scenarios_load() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simulator.users import LatentInterestUsers, LatentUserConfig, Response, item_vectors
+from dcrec.simulator.users import LatentInterestUsers, LatentUserConfig, Response, item_vectors
 
 
 @pytest.fixture(scope="module")
