@@ -132,12 +132,14 @@ def cmd_cloud_serve(ns: argparse.Namespace) -> int:
     workers = ns.workers or (max(16, 2 * batching.max_batch_size) if batching else 16)
     config = ServerConfig(max_workers=workers, grace_s=ns.grace, batching=batching, tls=tls,
                           insecure=ns.insecure, auth_required=not ns.insecure,
-                          max_inflight=ns.max_inflight, max_request_bytes=ns.max_request_bytes)
+                          max_inflight=ns.max_inflight, max_request_bytes=ns.max_request_bytes,
+                          reflection=ns.reflection)
     http = None
     if ns.http_address:
         from dcrec.cloud.http.runner import HttpConfig
 
-        http = HttpConfig(ns.http_address, cert, key)
+        # The HTTP port gets the gRPC port's TLS, mutual TLS included: no plaintext side door.
+        http = HttpConfig(ns.http_address, cert, key, ns.tls_client_ca)
 
     def announce(port: int) -> None:
         print(f"serving on port {port}", file=sys.stderr, flush=True)
@@ -358,10 +360,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--grace", type=non_negative_float, default=5.0, help="shutdown grace period, seconds")
     q.add_argument("--tls-cert", help="server certificate chain (PEM)")
     q.add_argument("--tls-key", help="server private key (PEM)")
-    q.add_argument("--tls-client-ca", help="CA (PEM) client certificates must chain to: mutual TLS")
+    q.add_argument("--tls-client-ca", help="CA (PEM) client certificates must chain to: mutual TLS "
+                                            "on the gRPC and the HTTP port")
     q.add_argument("--auth-secret", help="HMAC secret file; device calls then need a token")
     q.add_argument("--insecure", action="store_true",
                    help="development only: plaintext, tokens optional")
+    q.add_argument("--reflection", action="store_true",
+                   help="register gRPC server reflection (grpcurl list/describe); needs no token")
     q.set_defaults(fn=cmd_cloud_serve)
     q = cloud.add_parser("eval", help="leave-one-out metrics of a cloud model (markdown table)")
     q.add_argument("--model-dir", required=True)

@@ -22,6 +22,12 @@ channel is TLS, and mutual TLS when ``client_ca_file`` is set. Plaintext needs
 ``ServerConfig(insecure=True)`` (the default only when no config is given,
 which is what tests and embedded development servers use).
 
+Reflection: ``ServerConfig(reflection=True)`` (``dcrec cloud serve --reflection``)
+registers the standard gRPC reflection service, so tools such as grpcurl list
+and call the services without the .proto. It needs no token (the schema it
+describes ships in the package as ``dcrec.protos``); TLS and mutual TLS apply
+to it like to every call on the port.
+
 Example::
 
     server, port, health = create_server("127.0.0.1:0", CandidateService(gen), registry)
@@ -86,7 +92,29 @@ class TlsConfig:
     key_file: str
     client_ca_file: str | None = None  # set: mutual TLS, clients without a cert from it are refused
 
+    def check(self) -> None:
+        """Refuse, naming the files, a key that does not belong to its certificate or a PEM
+        file that does not parse: gRPC core would only log it and fail the bind."""
+        import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        except ssl.SSLError as e:
+            if "KEY_VALUES_MISMATCH" in str(e) or "key values mismatch" in str(e):
+                raise ValueError(f"TLS: the server key {self.key_file} does not belong to the "
+                                 f"certificate {self.cert_file}") from e
+            raise ValueError(f"TLS: cannot load the certificate {self.cert_file} with the key "
+                             f"{self.key_file}: {e.reason or e}") from e
+        if self.client_ca_file:
+            try:
+                context.load_verify_locations(self.client_ca_file)
+            except ssl.SSLError as e:
+                raise ValueError(f"TLS: the client CA {self.client_ca_file} is not a PEM "
+                                 f"certificate: {e.reason or e}") from e
+
     def server_credentials(self) -> grpc.ServerCredentials:
+        self.check()
         ca = Path(self.client_ca_file).read_bytes() if self.client_ca_file else None
         return grpc.ssl_server_credentials(
             [(Path(self.key_file).read_bytes(), Path(self.cert_file).read_bytes())],
@@ -110,6 +138,7 @@ class ServerConfig:
     insecure: bool = False  # plaintext allowed; development only, must be asked for
     auth_required: bool = False  # refuse to run without a token authority
     batching: BatchConfig | None = None  # None: each GetCandidates calls the generator alone
+    reflection: bool = False  # register gRPC server reflection (grpcurl list/describe)
 
     def validate(self) -> None:
         if self.max_workers < 1 or self.max_inflight < 0 or self.max_queued < 0:
@@ -332,6 +361,8 @@ def build_server(address: str, service: CandidateService, registry: ModelRegistr
     pb_grpc.add_RecommenderServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if config.reflection:
+        log.info("gRPC server reflection on for %s", ", ".join(enable_reflection(server)))
     if config.tls is not None:
         port = server.add_secure_port(address, config.tls.server_credentials())
     else:
@@ -345,6 +376,22 @@ def build_server(address: str, service: CandidateService, registry: ModelRegistr
     if live is not None:
         telemetry.set_model("device", live, registry.current_sequence())  # type: ignore[union-attr]
     return CloudServer(server, port, health_servicer, servicer, limiter, config, telemetry, batcher)
+
+
+def enable_reflection(server: grpc.Server) -> tuple[str, ...]:
+    """Register gRPC server reflection for the services this server runs; returns their names.
+
+    Reflection is a streaming call outside ``dcrec.v1``: no token is asked for, the limiter
+    does not admit it (each open stream holds a handler thread while it lasts) and the
+    telemetry counts it only when no handler runs (``method="ServerReflectionInfo"``).
+    """
+    from grpc_reflection.v1alpha import reflection
+
+    names = (pb.DESCRIPTOR.services_by_name["Recommender"].full_name,
+             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server)
+    return names
 
 
 def create_server(address: str, service: CandidateService, registry: ModelRegistry | None = None,
@@ -386,6 +433,13 @@ def serve(address: str, service: CandidateService, registry: ModelRegistry | Non
         from dcrec.cloud.http.app import OpsState
         from dcrec.cloud.http.runner import HttpServer
 
+        tls = config.tls
+        if tls is not None and (http.cert_file is None or (
+                tls.client_ca_file is not None and http.client_ca_file is None)):
+            # dcrec cloud serve gives both ports the same TLS; only an embedding caller can differ.
+            log.warning("the operator HTTP port is %s while gRPC has %s",
+                        "plaintext" if http.cert_file is None else "TLS without client certificates",
+                        "mutual TLS" if tls.client_ca_file else "TLS")
         state = OpsState(service=service, telemetry=cs.telemetry, events=cs.servicer.events,
                          device_registry=registry, cloud_registry=cloud_registry,  # type: ignore[arg-type]
                          authority=authority, ready=cs.ready)

@@ -3,6 +3,10 @@
 The socket is bound before the thread starts, so port 0 works and the caller
 knows the port at once; ``stop`` asks uvicorn to exit and waits for it.
 
+TLS: with ``cert_file``/``key_file`` the port serves HTTPS; with ``client_ca_file``
+too it is mutual TLS, as on the gRPC port: a client without a certificate from
+that CA fails the handshake before any route (``/healthz`` included) answers.
+
 Example::
 
     http = HttpServer(state, HttpConfig("127.0.0.1:0")).start()
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -30,12 +35,15 @@ class HttpConfig:
     address: str = "127.0.0.1:8080"  # host:port; port 0 picks a free one
     cert_file: str | None = None  # TLS for the operator surface (PEM); None = plaintext
     key_file: str | None = None
+    client_ca_file: str | None = None  # set: mutual TLS, clients need a certificate from this CA
     start_timeout_s: float = 10.0
     stop_timeout_s: float = 5.0
 
     def validate(self) -> None:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("give both an HTTP TLS certificate and its key, or neither")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("mutual TLS on the HTTP port (a client CA) needs its certificate and key")
 
 
 def _bind(address: str) -> socket.socket:
@@ -60,6 +68,8 @@ class HttpServer:
         self._server = uvicorn.Server(uvicorn.Config(
             self.app, log_level="warning", access_log=False, lifespan="off",
             ssl_certfile=config.cert_file, ssl_keyfile=config.key_file,
+            ssl_ca_certs=config.client_ca_file,
+            ssl_cert_reqs=ssl.CERT_REQUIRED if config.client_ca_file else ssl.CERT_NONE,
             limit_concurrency=256,  # beyond this uvicorn answers 503 instead of queueing
             timeout_keep_alive=5))
         self._thread = threading.Thread(target=self._run, name="dcrec-http", daemon=True)

@@ -126,9 +126,9 @@ def test_another_cas_certificates_are_refused_both_ways(server: CloudServer,
         ask(f"127.0.0.1:{server.port}", device_tls(other, ca_dir=ours))
 
 
-def test_http_port_serves_tls_but_asks_no_client_certificate(cloud_model_dir: Path,
-                                                             pki: tuple[Path, Path]) -> None:
-    """As OPERATIONS.md says: mutual TLS covers gRPC only; protect the HTTP port otherwise."""
+def test_http_port_without_a_client_ca_asks_no_client_certificate(cloud_model_dir: Path,
+                                                                   pki: tuple[Path, Path]) -> None:
+    """Without a client CA the HTTP port serves TLS alone (test_http_mtls.py: the mutual case)."""
     ours, other = pki
     state = OpsState(service=CandidateService(load_generator(cloud_model_dir)),
                      telemetry=Telemetry(), events=DeviceEventLog())
@@ -144,3 +144,32 @@ def test_http_port_serves_tls_but_asks_no_client_certificate(cloud_model_dir: Pa
                                    context=ssl.create_default_context(cafile=str(other / "ca.pem")))
     finally:
         http.stop()
+
+
+@pytest.mark.parametrize("key, cert, expected", [
+    ("other/server.key", "ours/server.crt", "does not belong to the certificate"),
+    ("ours/server.key", "ours/ca.pem", "does not belong to the certificate"),
+    ("ours/server.crt", "ours/server.crt", "cannot load the certificate"),
+])
+def test_a_key_that_does_not_match_its_certificate_is_one_line(cloud_model_dir: Path,
+                                                                pki: tuple[Path, Path], tmp_path: Path,
+                                                                key: str, cert: str, expected: str) -> None:
+    import sys
+
+    roots = {"ours": pki[0], "other": pki[1]}
+
+    def path(rel: str) -> str:
+        folder, name = rel.split("/")
+        return str(roots[folder] / name)
+
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"s" * 32)
+    out = subprocess.run([sys.executable, "-m", "dcrec.shared.cli", "cloud", "serve", "--model-dir",
+                          str(cloud_model_dir), "--address", "127.0.0.1:0", "--tls-cert", path(cert),
+                          "--tls-key", path(key), "--auth-secret", str(secret)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert "Traceback" not in out.stderr
+    assert lines[-1].startswith("dcrec: error: TLS: ") and expected in lines[-1], lines[-1]
+    assert path(key) in lines[-1]
