@@ -10,6 +10,28 @@ from pathlib import Path
 from dcrec.shared.cliutil import UsageError, data_args, positive_float, positive_int, unit_interval
 
 
+def _access(ns: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """TLS and device tokens for ``--connect`` (None: plaintext, no tokens)."""
+    from dcrec.device.client import ClientTls
+    from dcrec.simulator.metering import CloudAccess
+
+    tls_flags = {"--tls-ca": ns.tls_ca, "--tls-cert": ns.tls_cert, "--tls-key": ns.tls_key,
+                 "--tls-server-name": ns.tls_server_name}
+    given = [f for f, v in {**tls_flags, "--tls": ns.tls, "--auth-secret": ns.auth_secret}.items() if v]
+    if not given:
+        return None
+    if not ns.connect:
+        raise UsageError(f"{', '.join(given)}: for --connect only (the server the simulator "
+                         "starts is plaintext on loopback)")
+    if (ns.tls_cert is None) != (ns.tls_key is None):
+        raise UsageError("give both --tls-cert and --tls-key (mutual TLS), or neither")
+    tls = None
+    if ns.tls or any(tls_flags.values()):
+        tls = ClientTls(ca_file=ns.tls_ca, cert_file=ns.tls_cert, key_file=ns.tls_key,
+                        server_name=ns.tls_server_name)
+    return CloudAccess(tls=tls, auth_secret=ns.auth_secret)
+
+
 def cmd_simulate(ns: argparse.Namespace) -> int:
     if ns.scenario:
         return cmd_scenario(ns)
@@ -20,7 +42,8 @@ def cmd_simulate(ns: argparse.Namespace) -> int:
     spec = SimulationSpec(dataset=ns.dataset, cloud_fraction=ns.cloud_fraction,
                           cloud_model=Path(ns.cloud_model) if ns.cloud_model else None,
                           registry=Path(ns.registry) if ns.registry else None,
-                          connect=ns.connect, workdir=Path(ns.workdir), policies=ns.policy,
+                          connect=ns.connect, access=_access(ns), workdir=Path(ns.workdir),
+                          policies=ns.policy,
                           threshold=ns.threshold, alpha=ns.alpha, max_users=ns.users,
                           ttl=ns.ttl)
     results = run_simulations(spec)
@@ -33,15 +56,14 @@ def cmd_scenario(ns: argparse.Namespace) -> int:
     from dcrec.simulator.runner import Models, run_scenario
     from dcrec.simulator.scenario import load_scenario
 
-    overrides = list(ns.set or [])
-    if ns.users:
-        overrides.append(f"workload.max_users={ns.users}")
-    sc = load_scenario(ns.scenario, overrides)
+    # --users overrides the scenario's user count (workload.devices or workload.max_users).
+    sc = load_scenario(ns.scenario, list(ns.set or []), users=ns.users)
     models_dir = Path(ns.models)
     cloud = Path(ns.cloud_model) if ns.cloud_model else models_dir / "cloud"
     registry = Path(ns.registry) if ns.registry else models_dir / "registry"
     models = Models(cloud_model=None if ns.connect else cloud,
-                    registry=registry if registry.is_dir() else None, connect=ns.connect)
+                    registry=registry if registry.is_dir() else None, connect=ns.connect,
+                    access=_access(ns))
     out = Path(ns.out or Path("runs/simulate") / sc.name)
     # SIGTERM ends the run through the finally blocks, which stop the cloud server we started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -66,13 +88,28 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--cloud-model", help="model directory to serve (starts a server)")
     q.add_argument("--registry", help="device-model registry the started server hands out")
     q.add_argument("--connect", help="use a running server at host:port instead")
+    q.add_argument("--tls", action="store_true",
+                   help="--connect over TLS, trusting the system's CAs (implied by --tls-ca, "
+                        "--tls-cert, --tls-server-name)")
+    q.add_argument("--tls-ca", metavar="PEM", help="--connect over TLS: the CA the server's "
+                                                   "certificate chains to")
+    q.add_argument("--tls-cert", metavar="PEM",
+                   help="client certificate for mutual TLS (with --tls-key); all devices share it")
+    q.add_argument("--tls-key", metavar="PEM", help="the client certificate's private key")
+    q.add_argument("--tls-server-name", metavar="NAME",
+                   help="the name the server certificate must carry, if not the --connect host")
+    q.add_argument("--auth-secret", metavar="FILE",
+                   help="the server's HMAC secret: each simulated device gets its own device token "
+                        "(a token names one device, so one token cannot serve a fleet)")
     q.add_argument("--workdir", default="runs/simulate")
     q.add_argument("--policy", action="append", choices=["disagreement", "always", "never"],
                    help="request policy; repeat to compare (default: disagreement)")
     q.add_argument("--threshold", type=unit_interval, default=0.95,
                    help="disagreement (1 - rank-biased overlap of the top 20) that triggers a request")
     q.add_argument("--alpha", type=unit_interval, default=0.5, help="cloud weight in fusion")
-    q.add_argument("--users", type=positive_int, help="replay only this many users")
+    q.add_argument("--users", type=positive_int,
+                   help="replay only this many users; with --scenario: the scenario's user count "
+                        "(workload.devices of a closed loop, workload.max_users of a trace)")
     q.add_argument("--ttl", type=positive_float, default=86400.0, help="list time-to-live, seconds")
     q.add_argument("--scenario", help="scenario NAME (steady, cloud-outage, flash-crowd, "
                    "lossy-network) or PATH to a .toml file; writes a report")

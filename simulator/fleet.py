@@ -16,7 +16,12 @@ wall second. Devices see only simulated time (back-off, list age, TTL).
 
 Faults are scheduled in simulated time: ``cloud_down`` kills the server
 process (SIGKILL) and restarts it when the window ends; ``network_down``
-cuts the link at the proxy. Devices beyond ``max_open`` are closed and
+cuts the link at the proxy. At each fault's start and end the dispatcher
+lets the events in flight finish before simulated time moves on, so every
+call made inside a window sees the fault and none made outside it does: in
+``sim`` mode other devices' events would otherwise carry the clock through
+a ``network_down`` window in wall milliseconds, releasing calls stalled in a
+``blackhole`` before their deadline. Devices beyond ``max_open`` are closed and
 reopened from their SQLite file as needed (an app being evicted and
 restarted), carrying their counters over.
 
@@ -52,7 +57,7 @@ from dcrec.device.store import HISTORY_CACHE, DeviceStore
 from dcrec.shared.contract import Reason
 from dcrec.simulator.clock import DeviceClock, FleetClock, rss_mb
 from dcrec.simulator.faults import CloudControl, Fault
-from dcrec.simulator.metering import MeteredClient, fleet_channels, wait_ready
+from dcrec.simulator.metering import CloudAccess, MeteredClient, fleet_channels, wait_ready
 from dcrec.simulator.metrics import TimeSeries, summarize
 from dcrec.simulator.netem import LinkProfile, ProxyStats, ProxyThread
 from dcrec.simulator.recovery import RecoverySpread
@@ -87,6 +92,7 @@ class FleetConfig:
     # At the end of the run every device uploads its telemetry outbox (ReportTelemetry), as an
     # app does when idle: what the cloud learns from devices, failed requests included.
     upload_telemetry: bool = False
+    access: CloudAccess | None = None  # TLS and device tokens for a production server (--connect)
 
     def validate(self) -> None:
         self.runtime.validate()
@@ -196,8 +202,9 @@ class Fleet:
         policy = _policy(cfg.policy, cfg.threshold, cfg.seed * 1_000_003 + spec.index)
         spread = RecoverySpread(policy, rng=random.Random(f"spread:{cfg.seed}:{spec.index}")) \
             if cfg.recovery_spread else None
+        token = cfg.access.token(spec.device_id) if cfg.access is not None else None
         inner = CloudClient(address, deadline_s=cfg.deadline_s, channel=channel,  # type: ignore[arg-type]
-                            clock=clock, backoff=Backoff(rng=rng))
+                            clock=clock, backoff=Backoff(rng=rng), token=token)
         client = MeteredClient(inner, clock, self.series.request, spread)
         return SimDevice(spec, self.workload.driver(spec, cfg.seed), clock, client,
                          spread or policy, root / f"{spec.device_id}.sqlite")
@@ -275,6 +282,21 @@ class Fleet:
                         wait_ready(channels, 15.0, self.address)  # type: ignore[arg-type]
 
                 actions += [(f.at_s, "cloud killed", cloud.kill), (f.at_s + f.duration_s, "cloud restarted", up)]
+            elif f.kind == "network_down" and proxy is not None:
+                link = proxy
+                end = f.at_s + f.duration_s
+                # Reconnected channels are awaited unless another fault is still under way then.
+                clear = not any(g is not f and g.at_s <= end < g.at_s + g.duration_s
+                                for g in self.config.faults)
+
+                def back(link: ProxyThread = link, wait: bool = clear) -> None:
+                    link.apply_outages()
+                    if wait and self.config.clock == "sim":  # as after cloud_down: reconnects take wall time
+                        wait_ready(channels, 15.0, self.address)  # type: ignore[arg-type]
+
+                # The proxy follows the clock by itself; these hold the clock at the window's
+                # edges while calls are in flight, and cut open connections as it opens.
+                actions += [(f.at_s, "network down", link.apply_outages), (end, "network back", back)]
         return sorted(actions, key=lambda a: a[0])
 
     # --- the run -------------------------------------------------------------------------------
@@ -299,7 +321,11 @@ class Fleet:
         if cfg.network is not None or outages:
             proxy = ProxyThread(self.address, cfg.network, outages, self.clock, seed=cfg.seed)
             address = proxy.start()
-        channels = fleet_channels(address, cfg.channels)
+        tls = cfg.access.tls if cfg.access is not None else None
+        if tls is not None and proxy is not None and not tls.server_name:
+            # Through the proxy the channel dials 127.0.0.1: verify the name the cloud was given as.
+            tls = replace(tls, server_name=self.address.rpartition(":")[0].strip("[]"))
+        channels = fleet_channels(address, cfg.channels, tls=tls)
         specs = [s for s in self.workload.devices() if s.index % cfg.shards == cfg.shard]
         devices = {s.index: self._make_device(s, address, channels[s.index % len(channels)], root)
                    for s in specs}

@@ -2,7 +2,11 @@
 
 * :func:`fleet_channels` opens the gRPC connections a fleet shares (each its
   own TCP connection), with the device client's retry policy and a
-  client interceptor that notes each message's encoded size;
+  client interceptor that notes each message's encoded size; TLS (and mutual
+  TLS) when a :class:`CloudAccess` says so;
+* :class:`CloudAccess` is what ``dcrec simulate --connect`` needs to reach a
+  production-configured server: the TLS files, and the server's auth secret
+  to mint each simulated device its own token;
 * :class:`MeteredClient` wraps a device's :class:`~dcrec.device.client.CloudClient`
   (the runtime calls it like the real one) and records every call that goes
   out: simulated time, reason, outcome, wall-clock latency, payload bytes.
@@ -12,17 +16,22 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
-from dcrec.device.client import CloudClient, CloudRejected, CloudUnavailable
+from dcrec.device.client import ClientTls, CloudClient, CloudRejected, CloudUnavailable
 from dcrec.shared.contract import CandidatesRequest, CandidatesResponse, DeviceModel
+
+if TYPE_CHECKING:
+    from dcrec.cloud.auth import TokenAuthority
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +45,36 @@ _SERVICE_CONFIG = json.dumps({
 })
 
 _sizes = threading.local()  # (up, down) bytes of the call the current thread made last
+
+
+@dataclass(frozen=True)
+class CloudAccess:
+    """TLS and device tokens for simulated devices that dial a running server (``--connect``).
+
+    ``tls``: every fleet connection is TLS (mutual TLS with a client certificate; the
+    devices share the fleet's few connections, so they share one certificate, like
+    phones behind one gateway). ``auth_secret``: the server's HMAC secret file. A token
+    names one device id and the server refuses calls for any other id, so the simulator
+    cannot share one token across its fleet: it issues each simulated device its own
+    token (``token_ttl_s`` wall seconds) with the secret, as an enrolment service would.
+    """
+
+    tls: ClientTls | None = None
+    auth_secret: str | None = None
+    token_ttl_s: float = 86400.0
+
+    def token(self, device_id: str) -> str | None:
+        """A device token for ``device_id``, or None without an auth secret."""
+        if self.auth_secret is None:
+            return None
+        return _authority(self.auth_secret).issue(device_id, self.token_ttl_s)
+
+
+@functools.lru_cache(maxsize=4)
+def _authority(path: str) -> TokenAuthority:
+    from dcrec.cloud.auth import TokenAuthority
+
+    return TokenAuthority.from_file(path)
 
 
 class _SizeInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
@@ -54,7 +93,8 @@ class _SizeInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
         return outcome
 
 
-def fleet_channels(address: str, n: int, ready_timeout_s: float = 10.0) -> list[grpc.Channel]:
+def fleet_channels(address: str, n: int, ready_timeout_s: float = 10.0,
+                   tls: ClientTls | None = None) -> list[grpc.Channel]:
     """``n`` channels to ``address``, each on its own TCP connection, ready before returning."""
     opts = [
         ("grpc.service_config", _SERVICE_CONFIG),
@@ -64,7 +104,13 @@ def fleet_channels(address: str, n: int, ready_timeout_s: float = 10.0) -> list[
         ("grpc.max_reconnect_backoff_ms", 2000),
         ("grpc.use_local_subchannel_pool", 1),  # otherwise identical channels share one connection
     ]
-    raw = [grpc.insecure_channel(address, options=opts) for _ in range(max(1, n))]
+    if tls is None:
+        raw = [grpc.insecure_channel(address, options=opts) for _ in range(max(1, n))]
+    else:
+        if tls.server_name:
+            opts.append(("grpc.ssl_target_name_override", tls.server_name))
+        creds = tls.credentials()
+        raw = [grpc.secure_channel(address, creds, options=opts) for _ in range(max(1, n))]
     wait_ready(raw, ready_timeout_s, address)
     return [grpc.intercept_channel(ch, _SizeInterceptor()) for ch in raw]
 

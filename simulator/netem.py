@@ -14,6 +14,16 @@ connection survives, and whether the link is up at all:
   connections are refused and open ones cut (``refuse``), or bytes stall
   until the window ends (``blackhole``: calls run into their deadlines).
 
+Under the fleet's ``sim`` clock a window's simulated seconds can pass in a
+few wall milliseconds (other devices' events move the clock on while one call
+waits), shorter than a wall-clock deadline or the watcher's 20 ms poll. The
+fleet therefore holds the clock at a window's edges until the calls in flight
+have ended, and calls :meth:`ProxyThread.apply_outages` as the window opens,
+so open connections are cut at once (see simulator/fleet.py).
+
+``stop()`` cancels the proxy's own tasks (connection handlers, deliverers,
+the watcher) and waits for them; a handler that is cancelled ends quietly.
+
 Example::
 
     proxy = ProxyThread("127.0.0.1:50051", LinkProfile(latency_ms=40, jitter=0.3), clock=sim_clock)
@@ -32,7 +42,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -129,7 +139,8 @@ class NetemProxy:
         self.forced_down = False  # set by tests and by faults outside the windows
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[_Conn] = set()
-        self._watch: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # handlers, deliverers, the watcher
+        self._stopping = False
 
     def down(self) -> bool:
         if self.forced_down:
@@ -141,33 +152,63 @@ class NetemProxy:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         self._server = await asyncio.start_server(self._accept, host, port)
-        self._watch = asyncio.get_running_loop().create_task(self._watch_outages())
+        self._spawn(self._watch_outages())
         bound = int(self._server.sockets[0].getsockname()[1])
         log.info("netem proxy %s:%d -> %s:%d (%s)", host, bound, *self.upstream, self.profile)
         return bound
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float = 2.0) -> None:
+        """Stop listening, cut every connection, cancel the proxy's tasks and wait for them."""
+        self._stopping = True
         if self._server is not None:
             self._server.close()
         for c in list(self._conns):
             c.abort()
-        # Every other task on this loop is the proxy's (pumps, the watcher): end them all.
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        tasks = [t for t in self._tasks if t is not asyncio.current_task()]
         for t in tasks:
             t.cancel()
         if tasks:
-            await asyncio.wait(tasks, timeout=2.0)
+            done, _ = await asyncio.wait(tasks, timeout=timeout_s)
+            for t in done:  # retrieved, so none is logged as "never retrieved"
+                if not t.cancelled():
+                    t.exception()
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def apply_outages(self) -> None:
+        """Cut open connections now if the link is down in refuse mode (new ones are refused)."""
+        if self.profile.outage_mode == "refuse" and self._conns and self.down():
+            for c in list(self._conns):
+                c.abort()
+                self._conns.discard(c)  # counted once, though its handler ends later
+                self.stats.resets += 1
 
     async def _watch_outages(self) -> None:
         """Cut open connections when the link goes down (refuse mode); bounded 20 ms polling."""
         while True:
             await asyncio.sleep(0.02)
-            if self.profile.outage_mode == "refuse" and self._conns and self.down():
-                for c in list(self._conns):
-                    c.abort()
-                    self.stats.resets += 1
+            self.apply_outages()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One device connection, until a side closes it or :meth:`stop` cancels the handler."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            # Only stop() cancels a handler. Ending cancelled would make Python 3.11's stream
+            # server log a CancelledError traceback per connection: end quietly instead.
+            pass
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.stats.connections += 1
         if self.down() and self.profile.outage_mode == "refuse":
             self.stats.refused += 1
@@ -215,14 +256,16 @@ class NetemProxy:
             await self._forward(reader, writer, conn, up, None)
             return
         queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue(maxsize=256)
-        deliver = asyncio.get_running_loop().create_task(self._deliver(queue, writer, up))
+        deliver = self._spawn(self._deliver(queue, writer, up))
         try:
             await self._forward(reader, writer, conn, up, queue)
         finally:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(queue.put(None), 5.0)
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(deliver, 30.0)
+            if not self._stopping:  # the chunks in flight still arrive, then the deliverer ends
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wait_for(queue.put(None), 5.0)
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wait_for(deliver, 30.0)
+            deliver.cancel()
 
     async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Conn,
                        up: bool, queue: asyncio.Queue[tuple[float, bytes] | None] | None) -> None:
@@ -311,6 +354,13 @@ class ProxyThread:
 
     def set_down(self, down: bool) -> None:
         self.proxy.forced_down = down
+
+    def apply_outages(self, timeout_s: float = 5.0) -> None:
+        """Act on the link's state now, on the proxy's loop; returns once open connections are cut."""
+        async def apply() -> None:
+            self.proxy.apply_outages()
+
+        asyncio.run_coroutine_threadsafe(apply(), self._loop).result(timeout_s)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         if not self._thread.is_alive():

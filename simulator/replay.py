@@ -26,6 +26,7 @@ from dcrec.device.reranker import Reranker
 from dcrec.device.runtime import RuntimeConfig
 from dcrec.shared.splits import TimeSplit
 from dcrec.simulator.fleet import Fleet, FleetConfig, FleetResult
+from dcrec.simulator.metering import CloudAccess
 from dcrec.simulator.workload import TraceWorkload
 
 
@@ -40,6 +41,7 @@ class ReplayConfig:
     deadline_s: float = 2.0  # per GetCandidates call
     seed: int = 0
     bin_s: float = 86400.0  # metrics bins: a simulated day
+    access: CloudAccess | None = None  # TLS and device tokens for a production server (--connect)
 
 
 @dataclass
@@ -87,7 +89,7 @@ def replay(split: TimeSplit, address: str, reranker: Reranker | None, config: Re
     fleet = Fleet(workload, address, reranker, FleetConfig(
         workdir=config.workdir, policy=config.policy, threshold=config.threshold,
         runtime=config.runtime, k=config.k, deadline_s=config.deadline_s, seed=config.seed,
-        bin_s=config.bin_s))
+        bin_s=config.bin_s, access=config.access))
 
     def tick(fraction: float, events: int) -> None:
         assert progress is not None

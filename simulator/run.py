@@ -12,6 +12,7 @@ from dcrec.shared.data import load_dataset
 from dcrec.shared.progress import Progress
 from dcrec.shared.splits import time_split
 from dcrec.simulator.cloudproc import CloudProcess
+from dcrec.simulator.metering import CloudAccess
 from dcrec.simulator.replay import ReplayConfig, ReplayResult, replay
 from dcrec.simulator.runner import fetch_reranker
 
@@ -25,6 +26,7 @@ class SimulationSpec:
     cloud_model: Path | None = None  # start a server for this model directory...
     registry: Path | None = None  # ...handing out device models from this registry
     connect: str | None = None  # ...or use a server already running here
+    access: CloudAccess | None = None  # TLS and device tokens to reach it (--connect only)
     workdir: Path = Path("runs/simulate")
     policies: list[str] | None = None
     threshold: float = 0.95
@@ -46,10 +48,12 @@ def run_simulations(spec: SimulationSpec) -> list[ReplayResult]:
     address = spec.connect or server.address  # type: ignore[union-attr]
     results = []
     try:
-        reranker = fetch_reranker(address, Path(spec.workdir) / "model")
+        # Raises ConnectionError (naming the address and the cause) for a cloud that cannot
+        # be reached or refuses the credentials; None is a cloud that hands out no model.
+        reranker = fetch_reranker(address, Path(spec.workdir) / "model", spec.access)
         if reranker is None:
-            print("simulate: no device model from the cloud; showing the cloud's order",
-                  file=sys.stderr)
+            print(f"simulate: the cloud at {address} hands out no device model; devices show "
+                  "the cloud's order", file=sys.stderr)
         for policy in spec.policies or ["disagreement"]:
             bar = Progress(f"simulate {policy:>12}", 1)
 
@@ -59,7 +63,8 @@ def run_simulations(spec: SimulationSpec) -> list[ReplayResult]:
 
             cfg = ReplayConfig(workdir=Path(spec.workdir) / policy, policy=policy,
                                threshold=spec.threshold, max_users=spec.max_users,
-                               runtime=replace(RuntimeConfig(), alpha=spec.alpha))
+                               runtime=replace(RuntimeConfig(), alpha=spec.alpha),
+                               access=spec.access)
             results.append(replay(split, address, reranker, cfg, progress=tick))
             bar.close()
     finally:

@@ -3,7 +3,8 @@
 ``run_scenario`` is what ``dcrec simulate --scenario`` calls: it builds the
 workload the scenario describes, runs one fleet per policy (in this process,
 or sharded over Ray with ``shards > 1``), checks the scenario's conditions
-and writes the report.
+and writes the report. A fleet that produced no events is an error
+(:class:`EmptyRunError`, after the report is written), not a pass.
 
 Example::
 
@@ -22,18 +23,21 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import numpy as np
 
-from dcrec.device.client import CloudClient
+from dcrec.device.client import CloudClient, CloudRejected, CloudUnauthorized, CloudUnavailable
 from dcrec.device.reranker import Reranker
 from dcrec.device.updates import load_installed, update
+from dcrec.shared.contract import DeviceModel
 from dcrec.shared.data import Dataset, load_dataset
 from dcrec.shared.progress import Progress
 from dcrec.shared.splits import TimeSplit, time_split
 from dcrec.simulator.clock import process_cpu_s, single_threaded_blas
 from dcrec.simulator.cloudproc import CloudProcess
-from dcrec.simulator.faults import CloudControl
+from dcrec.simulator.faults import CloudControl, Fault
 from dcrec.simulator.fleet import Fleet, FleetConfig, FleetResult
+from dcrec.simulator.metering import CloudAccess
 from dcrec.simulator.metrics import recovery_peak
 from dcrec.simulator.report import write_report
 from dcrec.simulator.scenario import Scenario, WorkloadSpec
@@ -48,6 +52,7 @@ class Models:
     cloud_model: Path | None = None  # start a server for this model directory...
     registry: Path | None = None  # ...handing out device models from this registry
     connect: str | None = None  # ...or use a server already running here
+    access: CloudAccess | None = None  # TLS and tokens to reach it (a started server needs none)
 
 
 @dataclass
@@ -129,7 +134,8 @@ def store_dir(spec: str, policy: str, shard: int) -> tuple[Path | None, bool]:
     return Path(spec) / policy / f"shard{shard}", False
 
 
-def fleet_config(sc: Scenario, policy: str, workdir: Path, shard: int = 0, shards: int = 1) -> FleetConfig:
+def fleet_config(sc: Scenario, policy: str, workdir: Path, shard: int = 0, shards: int = 1,
+                 access: CloudAccess | None = None) -> FleetConfig:
     f = sc.fleet
     stores, cleanup = store_dir(f.store_dir, policy, shard)
     return FleetConfig(
@@ -138,37 +144,117 @@ def fleet_config(sc: Scenario, policy: str, workdir: Path, shard: int = 0, shard
         clock=f.clock, speed=f.speed, concurrency=f.concurrency, channels=f.channels,
         max_open=f.max_open, bin_s=f.bin_s, recovery_spread=f.recovery_spread,
         network=sc.network, faults=sc.faults, shard=shard, shards=shards,
-        upload_telemetry=f.upload_telemetry)
+        upload_telemetry=f.upload_telemetry, access=access)
 
 
-def fetch_reranker(address: str, model_dir: Path) -> Reranker | None:
-    """The device model as devices get it: from the cloud's registry (None when it hands out none)."""
-    client = CloudClient(address, deadline_s=5.0)
+MODEL_DEVICE_ID = "simulator"  # the device id the simulator fetches the device model as
+
+# A cloud that answers one of these hands out no device model; anything else is a cloud that
+# could not be reached or refused us, and the run would only measure failed calls.
+_NO_MODEL = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)
+
+
+class _Fetch(CloudClient):
+    """A device client that keeps the error :func:`~dcrec.device.updates.update` logs and swallows."""
+
+    error: Exception | None = None
+
+    def get_device_model(self, device_id: str, current_version: str = "",
+                         current_sequence: int = 0) -> DeviceModel | None:
+        try:
+            return super().get_device_model(device_id, current_version, current_sequence)
+        except (CloudUnavailable, CloudRejected) as e:  # the call failed (not a bad release)
+            self.error = e
+            raise
+
+
+def fetch_reranker(address: str, model_dir: Path, access: CloudAccess | None = None
+                   ) -> Reranker | None:
+    """The device model as devices get it: from the cloud's registry (None when it hands out none).
+
+    Raises ConnectionError naming ``address`` and the cause when the cloud cannot be reached
+    (down, TLS handshake failed, client certificate refused) or refuses the device token.
+    """
+    access = access or CloudAccess()
+    client = _Fetch(address, deadline_s=5.0, token=access.token(MODEL_DEVICE_ID), tls=access.tls)
     try:  # as a phone does: the model installed earlier, replaced only by a newer release
-        return update(client, "simulator", model_dir, load_installed(model_dir))
+        reranker = update(client, MODEL_DEVICE_ID, model_dir, load_installed(model_dir))
     finally:
         client.close()
+    e = client.error
+    cause = e.__cause__ if e is not None else None
+    code = cause.code() if isinstance(cause, grpc.RpcError) and hasattr(cause, "code") else None
+    if e is None or code in _NO_MODEL:
+        if e is not None:  # a refused release (FAILED_PRECONDITION) is worth a warning
+            log.log(logging.INFO if code == grpc.StatusCode.NOT_FOUND else logging.WARNING,
+                    "cloud at %s hands out no device model: %s", address, e)
+        return reranker
+    if isinstance(e, CloudUnauthorized):
+        raise ConnectionError(f"the cloud at {address} refused the simulator's credentials ({e}); "
+                              "the simulator issues each device its token with --auth-secret, "
+                              "which must be the server's own secret file") from e
+    if isinstance(e, CloudRejected):
+        raise ConnectionError(f"the cloud at {address} refused the device-model request: {e}") from e
+    hint = ""
+    if code == grpc.StatusCode.UNAVAILABLE and "refused" not in str(e).lower():
+        # A TLS server closes a plaintext connection, a mutual-TLS one a connection without an
+        # accepted client certificate; gRPC only says the socket closed.
+        if access.tls is None:
+            hint = " (if the server uses TLS, give --tls-ca, and --tls-cert/--tls-key for mutual TLS)"
+        elif access.tls.cert_file is None:
+            hint = " (a server with mutual TLS needs a client certificate: --tls-cert/--tls-key)"
+    raise ConnectionError(f"cannot reach the cloud at {address}: {e}{hint}") from e
 
 
 def run_fleet(sc: Scenario, policy: str, address: str, workdir: Path, cloud: CloudControl | None = None,
-              shard: int = 0, shards: int = 1, progress: bool = False) -> FleetResult:
+              shard: int = 0, shards: int = 1, progress: bool = False,
+              access: CloudAccess | None = None) -> FleetResult:
     """One policy's fleet (or one shard of it) against the cloud at ``address``."""
     single_threaded_blas()
     workload = scenario_workload(sc)
-    reranker = fetch_reranker(address, Path(workdir) / "model")
+    reranker = fetch_reranker(address, Path(workdir) / "model", access)
     if reranker is None:
-        log.warning("no device model from the cloud; devices show the cloud's order")
+        log.warning("the cloud at %s hands out no device model; devices show the cloud's order",
+                    address)
     bar = Progress(f"simulate {policy:>12}", 1000) if progress else None
 
     def tick(fraction: float, events: int) -> None:
         assert bar is not None
         bar.update(int(fraction * 1000), f"{events} events")
 
-    fleet = Fleet(workload, address, reranker, fleet_config(sc, policy, workdir, shard, shards), cloud)
+    fleet = Fleet(workload, address, reranker,
+                  fleet_config(sc, policy, workdir, shard, shards, access), cloud)
     result = fleet.run(tick if bar else None)
     if bar:
         bar.close()
     return result
+
+
+class EmptyRunError(ValueError):
+    """A fleet produced no events: nothing was measured, so no check can pass."""
+
+
+def _recovery_check(sc: Scenario, r: FleetResult, f: Fault) -> tuple[str, float | None]:
+    """(name, peak / steady request rate) around fault ``f``; None when it cannot be measured.
+
+    Scenario validation refuses the settings that leave no steady window (a warm-up that
+    ends after the fault, no whole bin before it or after it); what is left here is a run
+    whose bins there hold no events, or no requests before the fault.
+    """
+    end = f.at_s + f.duration_s
+    steady, peak = recovery_peak(r.series, f.at_s, end, sc.workload.warmup_s)
+    name = f"request peak after {f.kind} / steady"
+    if math.isnan(steady):
+        return (f"{name} (not measured: no metrics bin between the warm-up's end at "
+                f"{sc.workload.warmup_s:g} s and the fault at {f.at_s:g} s)"), None
+    if math.isnan(peak):
+        return f"{name} (not measured: no metrics bin after the fault ends at {end:g} s)", None
+    name = f"{name} (steady {steady:.2f}/s, peak {peak:.2f}/s)"
+    if steady > 0:
+        return name, peak / steady
+    if peak == 0:
+        return name, 0.0  # no requests before or after: no herd
+    return f"{name}: not measured, no requests before the fault to compare with", None
 
 
 def evaluate_checks(sc: Scenario, r: FleetResult) -> dict[str, dict[str, object]]:
@@ -189,11 +275,25 @@ def evaluate_checks(sc: Scenario, r: FleetResult) -> dict[str, dict[str, object]
         check("telemetry records left in outboxes", s["telemetry_pending"], c.max_telemetry_pending)
     if c.max_recovery_ratio is not None:
         for f in sc.faults:
-            steady, peak = recovery_peak(r.series, f.at_s, f.at_s + f.duration_s, sc.workload.warmup_s)
-            ratio = peak / steady if steady and not math.isnan(steady) else math.inf
-            check(f"request peak after {f.kind} / steady (steady {steady:.2f}/s, peak {peak:.2f}/s)",
-                  ratio, c.max_recovery_ratio)
+            name, ratio = _recovery_check(sc, r, f)
+            if ratio is None:  # a check that measured nothing fails, with the reason in its name
+                out[f"{r.policy}: {name}"] = {"value": None, "limit": c.max_recovery_ratio, "ok": False}
+            else:
+                check(name, ratio, c.max_recovery_ratio)
     return out
+
+
+def _refuse_empty(sc: Scenario, results: list[FleetResult], report: Path) -> None:
+    """Raise :class:`EmptyRunError` when a policy's fleet produced no events."""
+    empty = [r.policy for r in results if not r.summary()["events"]]
+    if not empty:
+        return
+    w = sc.workload
+    size = f"{w.devices} devices" if w.kind == "closed_loop" else f"max_users {w.max_users}"
+    raise EmptyRunError(
+        f"scenario {sc.name}: the {', '.join(empty)} fleet produced 0 events, so nothing was "
+        f"measured and no check can pass (workload {w.kind}, {size}, duration_s {w.duration_s}; "
+        f"see workload.duration_s, the user count and surges' join_fraction); report: {report}")
 
 
 def run_scenario(sc: Scenario, models: Models, out: Path, shards: int = 1,
@@ -222,19 +322,23 @@ def run_scenario(sc: Scenario, models: Models, out: Path, shards: int = 1,
             if shards > 1:
                 from dcrec.simulator.distributed import run_sharded
 
-                result = run_sharded(sc, policy, address, workdir, shards, ray_address)
+                result = run_sharded(sc, policy, address, workdir, shards, ray_address,
+                                     access=models.access)
             else:
                 result = run_fleet(sc, policy, address, workdir, ManagedCloud(proc) if proc else None,
-                                   progress=progress)
+                                   progress=progress, access=models.access)
             if cpu_before is not None and proc is not None and proc.proc is not None \
                     and proc.proc.pid == pid:  # a restarted server's CPU is not comparable
                 after = process_cpu_s(pid)
                 result.cloud_cpu_s = None if after is None else after - cpu_before
             outcome.results.append(result)
             outcome.checks.update(evaluate_checks(sc, result))
+            if not result.summary()["events"]:
+                break  # the policies share the workload: the others would be empty too
     finally:
         if proc is not None:
             proc.stop()
     outcome.report = write_report(out, sc, outcome.results, outcome.checks)
     print(f"report: {outcome.report}", file=sys.stderr)
+    _refuse_empty(sc, outcome.results, outcome.report)
     return outcome

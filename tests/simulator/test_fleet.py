@@ -100,6 +100,41 @@ def test_lossy_network_through_the_proxy(tmp_path: Path, cloud: CloudProcess) ->
     assert r.lost_events == 0 and r.summary()["shown_empty"] == 0
 
 
+@pytest.fixture(scope="module")
+def bare_cloud(cloud_model_dir: Path):  # type: ignore[no-untyped-def]
+    """A cloud without a device-model registry (devices show its order): quick to start."""
+    with CloudProcess(cloud_model_dir, None) as proc:
+        yield proc
+
+
+@pytest.mark.parametrize("concurrency", [1, 8])
+@pytest.mark.parametrize("mode", ["refuse", "blackhole"])
+def test_network_outage_fails_calls_under_the_simulated_clock(
+        tmp_path: Path, bare_cloud: CloudProcess, mode: str, concurrency: int) -> None:
+    """Issue 21: under the sim clock other devices' events carried the clock through the
+    window in wall milliseconds, so calls stalled in a blackhole (or not yet cut by the
+    refuse watcher) went through. Now every call inside the window fails, none outside."""
+    sc = parse_scenario({
+        "name": "outage-modes", "policies": ["always"],
+        "workload": {"kind": "closed_loop", "devices": 10, "duration_s": 40.0},
+        "users": {"event_gap_s": 4.0, "session_gap_s": 30.0},
+        "fleet": {"bin_s": 10.0, "deadline_s": 0.5, "concurrency": concurrency, "channels": 2},
+        "network": {"outage_mode": mode},
+        "faults": [{"kind": "network_down", "at_s": 20.0, "duration_s": 10.0}],
+    })
+    r = run_fleet(sc, "always", bare_cloud.address, tmp_path)
+    rows = {int(row["t_rel_s"]): row for row in r.series.rows()}
+    down = rows[20]
+    assert int(down["requests"]) > 0 and int(down["failed"]) == int(down["requests"])
+    assert all(int(rows[t]["failed"]) == 0 and int(rows[t]["requests"]) > 0 for t in (10, 30))
+    assert r.proxy is not None
+    if mode == "blackhole":  # calls ran into their 0.5 s deadline; refused ones fail fast
+        assert r.proxy.refused == 0 and float(down["latency_p50_ms"]) >= 450.0
+    else:
+        assert r.proxy.refused + r.proxy.resets > 0 and float(down["latency_p50_ms"]) < 450.0
+    assert r.lost_events == 0
+
+
 def test_wall_clock_paces_events(tmp_path: Path, cloud: CloudProcess) -> None:
     sc = parse_scenario({
         "name": "wall-test", "policies": ["never"],

@@ -128,3 +128,45 @@ def test_grpc_through_the_proxy(cloud_model_dir: Path, ml_split) -> None:  # typ
             client.close()
     finally:
         server.stop(0)
+
+
+@pytest.mark.parametrize("profile", [None, LinkProfile(latency_ms=5), LinkProfile(outage_mode="blackhole")])
+def test_stop_is_quiet_with_connections_open(echo: str, profile: LinkProfile | None,
+                                             caplog: pytest.LogCaptureFixture,
+                                             capfd: pytest.CaptureFixture[str]) -> None:
+    """Issue 21: every connection open at shutdown logged a CancelledError traceback."""
+    proxy = ProxyThread(echo, profile)
+    proxy.start()
+    socks = [socket.create_connection(("127.0.0.1", proxy.port), timeout=5.0) for _ in range(3)]
+    try:
+        for s in socks:
+            s.sendall(b"ping")
+            assert s.recv(16) == b"ping"
+        with caplog.at_level("DEBUG", logger="asyncio"):
+            proxy.stop()
+    finally:
+        for s in socks:
+            s.close()
+    assert not proxy.proxy._tasks  # every task of the proxy ended
+    assert "Traceback" not in caplog.text and "CancelledError" not in caplog.text
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "CancelledError" not in err
+
+
+def test_apply_outages_cuts_open_connections_at_once(echo: str) -> None:
+    now = [0.0]
+    with ProxyThread(echo, outages=[Window(10.0, 20.0)], clock=lambda: now[0]) as proxy:
+        s = socket.create_connection(("127.0.0.1", proxy.port), timeout=2.0)
+        s.sendall(b"a")
+        assert s.recv(4) == b"a"
+        now[0] = 10.0
+        proxy.apply_outages()  # without waiting for the watcher's next poll
+        assert proxy.stats.resets == 1 and not proxy.proxy._conns
+        try:
+            assert s.recv(4) == b""
+        except ConnectionError:
+            pass  # cut: either way
+        time.sleep(0.05)  # the watcher polls again: the connection is not counted twice
+        assert proxy.stats.resets == 1
+        s.close()
