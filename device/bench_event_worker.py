@@ -13,7 +13,8 @@ same breakdown. A stage a checkout does not have is simply absent from its table
 
 Protocol: the worker prints ``ready`` once every device is set up, then answers each
 ``run N`` line on stdin with one JSON line: per event, the total and each stage's
-milliseconds for the next ``N`` events (devices in turn).
+milliseconds, the list shown and whether the policy asked the cloud, for the next
+``N`` events (devices in turn). With ``--connect`` every device has a real client.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ PROBES: dict[str, list[tuple[str, str]]] = {
     "model: one call": [("reranker", "score_event")],
     "local list": [("index", "local_list"), ("module", "local_list")],
     "blend": [("module", "blend_lists")],
-    "measure": [("module", "expected_regret"), ("module", "softmax"), ("module", "uncovered_mass"),
+    "measure": [("module", "expected_regret"), ("module", "regret_of_scores"), ("module", "softmax"), ("module", "uncovered_mass"),
                 ("module", "coverage_gap"), ("module", "disagreement")],
     "policy": [("policy", "decide")],
     "state save": [("runtime", "_save_state")],
@@ -105,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policy", default="budgeted")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--stages", action="store_true", help="time the stages too")
+    p.add_argument("--scores", action="store_true",
+                   help="also report the device's score of every item it ranked, per event")
+    p.add_argument("--connect", help="a cloud server's address: requests go to it (default: no client)")
     ns = p.parse_args(argv)
     if ns.root:
         _only_from(ns.root)
@@ -114,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     store_mod = _import("device.store", flat)
     policy_mod = _import("device.policy", flat)
     neighbours_mod = _import("shared.neighbours", flat)
+    client_mod = _import("device.client", flat)
     print(f"runtime from {runtime_mod.__file__}", file=sys.stderr)
 
     model_config = json.loads(Path(ns.model_config).read_text())
@@ -136,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         store.save_list(store_mod.CachedList(data[f"list_items{d}"], data[f"list_scores{d}"],
                                              f"L{d}", "bench", clock[0], 1e9))
         policy = policy_mod.make_policy(ns.policy, seed=d)
-        rt = runtime_mod.DeviceRuntime(f"d{d}", store, reranker, None, policy, config,
+        client = client_mod.CloudClient(ns.connect, deadline_s=2.0) if ns.connect else None
+        rt = runtime_mod.DeviceRuntime(f"d{d}", store, reranker, client, policy, config,
                                        lambda: clock[0], index)
         if ns.stages:
             probes.install({"store": store, "policy": policy, "runtime": rt})
@@ -152,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         totals: list[float] = []
         stages: list[dict[str, float]] = []
         shown: list[list[int]] = []
+        asked: list[bool] = []
+        device_scores: list[list[float] | None] = []
         for _ in range(n):
             d = turn % n_devices
             turn += 1
@@ -165,7 +173,13 @@ def main(argv: list[str] | None = None) -> int:
             totals.append((time.perf_counter() - t) * 1e3)
             stages.append(probes.now)
             shown.append(rec.items.tolist())
-        print(json.dumps({"total": totals, "stages": stages, "shown": shown}), flush=True)
+            asked.append(rec.request is not None)
+            if ns.scores:  # what the runtime ranked by (private, but in every checkout)
+                last = getattr(runtimes[d], "_last", None)
+                device_scores.append(None if last is None else
+                                     [float(x) for x in last.device])
+        print(json.dumps({"total": totals, "stages": stages, "shown": shown, "asked": asked,
+                          "scores": device_scores}), flush=True)
     for rt in runtimes:
         rt.close()
     return 0

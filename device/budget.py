@@ -24,6 +24,8 @@ Example::
 
 from __future__ import annotations
 
+import bisect
+import math
 import random
 from collections import deque
 from dataclasses import dataclass, field
@@ -108,6 +110,9 @@ class QuantileTracker:
     recent: deque[float] = field(init=False)
     seen: int = field(default=0, init=False)
     prior: float = field(init=False)
+    # ``recent`` in ascending order, kept by bisection: the quantile without a sort per event
+    _sorted: list[float] = field(init=False, repr=False)
+    _nonfinite: int = field(default=0, init=False, repr=False)  # NaN/inf in the window
 
     def __post_init__(self) -> None:
         if not 0.0 < self.target < 1.0:
@@ -116,6 +121,7 @@ class QuantileTracker:
             raise ValueError("window must be >= 1 and prior_weight >= 0")
         self.prior = float(self.threshold)
         self.recent = deque(maxlen=self.window)
+        self._sorted = []
 
     def update(self, score: float) -> bool:
         """Feed one score; returns whether it lay above the threshold in force before it arrived.
@@ -124,14 +130,39 @@ class QuantileTracker:
         scores plus ``prior_weight`` copies of the prior, so a new device starts
         at the prior and is calibrated by its own scores within a few events
         (a short stream never waits for a slow drift to reach the right level).
+        It equals ``np.quantile`` (linear method) bit for bit, from a sorted window.
         """
         over = score > self.threshold
-        self.recent.append(float(score))
+        x = float(score)
+        if len(self.recent) == self.window:
+            self._forget(self.recent[0])
+        self.recent.append(x)
+        self._remember(x)
         self.seen += 1
-        pseudo = [self.prior] * (self.prior_weight if len(self.recent) < self.window else 0)
-        self.threshold = float(np.quantile(np.fromiter([*self.recent, *pseudo], dtype=np.float64),
-                                           1.0 - self.target))
+        pseudo = self.prior_weight if len(self.recent) < self.window else 0
+        if self._nonfinite:
+            values = np.fromiter([*self.recent, *[self.prior] * pseudo], dtype=np.float64)
+            self.threshold = float(np.quantile(values, 1.0 - self.target))
+        else:
+            values_sorted = self._sorted
+            if pseudo:
+                values_sorted = values_sorted.copy()
+                for _ in range(pseudo):
+                    bisect.insort(values_sorted, self.prior)
+            self.threshold = _linear_quantile(values_sorted, 1.0 - self.target)
         return over
+
+    def _remember(self, x: float) -> None:
+        if math.isfinite(x):
+            bisect.insort(self._sorted, x)
+        else:
+            self._nonfinite += 1
+
+    def _forget(self, x: float) -> None:
+        if math.isfinite(x):
+            del self._sorted[bisect.bisect_left(self._sorted, x)]
+        else:
+            self._nonfinite -= 1
 
     def state(self) -> dict[str, object]:
         return {"threshold": self.threshold, "recent": list(self.recent), "seen": self.seen}
@@ -140,3 +171,20 @@ class QuantileTracker:
         self.threshold = float(state["threshold"])  # type: ignore[arg-type]
         self.recent = deque((float(x) for x in state["recent"]), maxlen=self.window)  # type: ignore[attr-defined]
         self.seen = int(state["seen"])  # type: ignore[call-overload]
+        self._sorted, self._nonfinite = [], 0
+        for x in self.recent:
+            self._remember(x)
+
+
+def _linear_quantile(values: list[float], q: float) -> float:
+    """``np.quantile(values, q)`` (method ``linear``) of ascending, finite ``values``, computed
+    with numpy's own operations in the same order, so the result is identical."""
+    n = len(values)
+    virtual = (n - 1) * q
+    below = math.floor(virtual)
+    if virtual >= n - 1:
+        return values[-1]
+    a, b = values[below], values[below + 1]
+    gamma = virtual - below
+    diff = b - a
+    return b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma

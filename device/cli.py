@@ -197,12 +197,16 @@ def cmd_bench_event(ns: argparse.Namespace) -> int:
     sequences = [ds.sequence(u) for u in range(ds.n_users)]
     res = bench_event(release, sequences, events=ns.events, warmup=ns.warmup, block=ns.block,
                       devices=ns.devices, baselines=[Path(b) for b in ns.baseline], config=config,
-                      policy=ns.policy, threads=ns.threads, stages=not ns.no_stages, seed=ns.seed)
-    print(f"{ds.name}: {release.model} ({ns.threads} thread(s), policy {ns.policy}, no cloud calls)")
+                      policy=ns.policy, threads=ns.threads, stages=not ns.no_stages, seed=ns.seed,
+                      cloud_model=Path(ns.cloud_model) if ns.cloud_model else None,
+                      compare_scores=ns.compare_scores)
+    cloud = f"a real cloud server on loopback ({ns.cloud_model})" if ns.cloud_model else "no cloud client"
+    print(f"{ds.name}: {release.model} ({ns.threads} thread(s), policy {ns.policy}, {cloud})")
     print(format_report(res))
     if ns.json:
         Path(ns.json).write_text(json.dumps({
             "config": res.config, "devices": res.devices, "identical": res.identical,
+            "score_diff": res.score_diff,
             "subjects": [{"label": s.label, **s.summary(),
                           "breakdown": s.breakdown() if s.stages else None}
                          for s in res.subjects]}, indent=2))
@@ -299,8 +303,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=key_value,
                    help="RuntimeConfig fields, e.g. measure=regret device_candidates=3")
     q.add_argument("--policy", default="budgeted")
+    q.add_argument("--cloud-model", help="a cloud model directory: serve it on loopback and let the "
+                                         "policy's requests reach it (default: no cloud client)")
     q.add_argument("--threads", type=positive_int, default=1)
     q.add_argument("--no-stages", action="store_true", help="skip the per-stage breakdown")
+    q.add_argument("--compare-scores", action="store_true",
+                   help="also compare the device's scores with each baseline's, event by event")
     q.add_argument("--seed", type=non_negative_int, default=0)
     q.add_argument("--json", help="also write the figures here")
     q.set_defaults(fn=cmd_bench_event)

@@ -114,6 +114,25 @@ def _check_metadata(meta: dict[str, str], max_len: int, n_items: int | None) -> 
                                  f"{source} {want}")
 
 
+_ONE = np.zeros((1, 1), dtype=np.int64)  # a candidate to feed when only ``user`` is read
+_TABLES: dict[str, np.ndarray] = {}
+
+
+def _item_table(session: ort.InferenceSession, data: bytes, n_items: int) -> np.ndarray:
+    """(N+1, D) float32: every item's embedding, read once through ``candidate_embeddings``
+    (shared by every reranker on the same model bytes, as the session is)."""
+    key = hashlib.sha256(data).hexdigest()
+    with _SESSIONS_LOCK:
+        table = _TABLES.get(key)
+        if table is None:
+            ids = np.arange(0, n_items + 1, dtype=np.int64)[None, :]
+            table = session.run(["candidate_embeddings"], {"history": _ONE, "candidates": ids})[0][0]
+            table = np.ascontiguousarray(table, dtype=np.float32)
+            table.setflags(write=False)
+            _TABLES[key] = table
+    return table
+
+
 class OnnxReranker:
     def __init__(self, data: bytes, max_len: int, version: str, threads: int = 1,
                  n_items: int | None = None) -> None:
@@ -134,6 +153,13 @@ class OnnxReranker:
         self.version = version
         self.size_bytes = len(data)
         self._outputs = {o.name for o in self.session.get_outputs()}
+        # A model with a ``user`` output scores by a dot product with its item table: one
+        # network pass per history, then any candidates (or the catalogue) by one product.
+        self._table = (_item_table(self.session, data, n_items)
+                       if n_items is not None and "user" in self._outputs else None)
+        # (history bytes, user vector, catalogue scores or None) of the last pass: one tuple,
+        # so threads sharing this reranker never mix one history's key with another's numbers
+        self._last_user: tuple[bytes, np.ndarray, np.ndarray | None] | None = None
 
     @classmethod
     def from_file(cls, path: str | Path, max_len: int, version: str | None = None,
@@ -147,10 +173,50 @@ class OnnxReranker:
         except ModelLoadError as e:
             raise ModelLoadError(f"{path}: {e}") from e
 
+    @property
+    def fast(self) -> bool:
+        """Whether scores come from the ``user`` output and the item table (one pass per history)."""
+        return self._table is not None
+
+    def _pass(self, history: np.ndarray) -> tuple[bytes, np.ndarray, np.ndarray | None]:
+        """(history key, ``user`` vector, every item's scores if computed yet) for ``history``:
+        one network pass per history (the last one is kept, so the several scorings of one
+        event cost one pass)."""
+        h = self._history(history)
+        key = h.tobytes()
+        last = self._last_user
+        if last is not None and last[0] == key:
+            return last
+        user = self.session.run(["user"], {"history": h, "candidates": _ONE})[0][0]
+        self._last_user = (key, user, None)
+        return self._last_user
+
+    def _all_scores(self, history: np.ndarray) -> np.ndarray:
+        """(N+1,) every item's score for ``history`` (row 0, padding, scores 0): the ``user``
+        vector times the item table, one product, kept with the pass."""
+        assert self._table is not None
+        key, user, every = self._pass(history)
+        if every is None:
+            every = self._table @ user
+            every.setflags(write=False)
+            self._last_user = (key, user, every)
+        return every
+
+    def _scores_of(self, history: np.ndarray, c: np.ndarray) -> np.ndarray:
+        """(C,) scores of ids ``c``: read from the catalogue scores when this history's are
+        computed (so the two always agree to the bit), else the C rows alone."""
+        assert self._table is not None
+        _, user, every = self._pass(history)
+        return every[c] if every is not None else self._table[c] @ user
+
     def score_catalogue(self, history: np.ndarray) -> np.ndarray | None:
         """(N+1,) scores of every item id (index 0, padding, is -inf), or None if N is unknown."""
         if self._catalogue is None:
             return None
+        if self._table is not None:
+            out = self._all_scores(history).copy()
+            out[0] = -np.inf
+            return out
         out = self.session.run(["scores"], {"history": self._history(history),
                                             "candidates": self._catalogue})[0][0]
         return np.concatenate([np.array([-np.inf], dtype=out.dtype), out])
@@ -158,6 +224,8 @@ class OnnxReranker:
     def score(self, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         if candidates.size == 0:
             return np.zeros(0, dtype=np.float32)
+        if self._table is not None:
+            return self._scores_of(history, np.asarray(candidates, dtype=np.int64))
         out = self.session.run(["scores"], {"history": self._history(history),
                                             "candidates": np.asarray(candidates, dtype=np.int64)[None, :]})
         return out[0][0]
@@ -182,6 +250,8 @@ class OnnxReranker:
         c = np.asarray(candidates, dtype=np.int64)
         if c.size == 0:
             return np.zeros(0, dtype=np.float32), np.zeros((0, 0), dtype=np.float32)
+        if self._table is not None:
+            return self._scores_of(history, c), self._table[c]
         scores, emb = self.session.run(["scores", "candidate_embeddings"],
                                        {"history": self._history(history), "candidates": c[None, :]})
         return scores[0], emb[0]

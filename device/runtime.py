@@ -39,7 +39,15 @@ import numpy as np
 from dcrec.device.adapt import UserAdapter
 from dcrec.device.catalogue import CatalogueGuard, refuse
 from dcrec.device.client import CloudClient, CloudRejected, CloudUnavailable
-from dcrec.device.fusion import AlphaLearner, Scale, blend, blend_lists, descending_order, normalise
+from dcrec.device.fusion import (
+    AlphaLearner,
+    Scale,
+    blend,
+    blend_lists,
+    descending_order,
+    normalise,
+    rank_scores,
+)
 from dcrec.device.policy import NeverPolicy, PolicyInput, RequestFeedback, RequestPolicy
 from dcrec.device.reranker import Reranker
 from dcrec.device.store import HISTORY_CACHE, CachedList, DeviceStore, OnDamage
@@ -49,7 +57,7 @@ from dcrec.shared.agreement import (
     Measure,
     coverage_gap,
     disagreement,
-    expected_regret,
+    regret_of_scores,
     softmax,
     uncovered_mass,
 )
@@ -150,7 +158,15 @@ class _Live:
     n_seen: int
     items: np.ndarray
     scores: np.ndarray
-    _cloud: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    _cloud: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # per scale, and ranks
+
+    def ranks(self) -> np.ndarray:
+        """``rank_scores(scores)`` (C,), computed once (what blending with a local list needs)."""
+        got = self._cloud.get("ranks")
+        if got is None:
+            got = self._cloud["ranks"] = (rank_scores(self.scores) if self.items.size
+                                          else np.zeros(0, np.float32), self.items)
+        return got[0]
 
     def cloud(self, scale: Scale) -> tuple[np.ndarray, np.ndarray]:
         """(cloud scores on ``scale`` (C,), items in the cloud's order (C,)), computed once per scale."""
@@ -159,6 +175,36 @@ class _Live:
             order = descending_order(self.scores)
             got = self._cloud[scale] = (normalise(self.scores, scale, order), self.items[order])
         return got
+
+
+class _SeenMask:
+    """The store's seen set as a boolean mask over item ids, kept in step event by event.
+
+    Valid while it was built from the same set object and has counted as many items as
+    the set holds (the set only grows); anything else rebuilds it from the set.
+    """
+
+    def __init__(self) -> None:
+        self.mask = np.zeros(0, dtype=bool)
+        self.source: set[int] | None = None
+        self.n = 0
+
+    def get(self, seen: set[int], size: int) -> np.ndarray:
+        """(size,) True at every seen id below ``size``."""
+        m = self.mask
+        if self.source is not seen or self.n != len(seen) or m.size < size:
+            m = np.zeros(max(size, m.size), dtype=bool)
+            ids = np.fromiter(seen, dtype=np.int64, count=len(seen))
+            m[ids[(ids > 0) & (ids < m.size)]] = True
+            self.mask, self.source, self.n = m, seen, len(seen)
+        return m[:size]
+
+    def added(self, seen: set[int], item: int) -> None:
+        """``item`` has just joined ``seen``."""
+        if self.source is seen and self.n + 1 == len(seen):
+            if 0 < item < self.mask.size:
+                self.mask[item] = True
+            self.n += 1
 
 
 class DeviceRuntime:
@@ -195,6 +241,7 @@ class DeviceRuntime:
         self._disagreement = 0.0
         self._last: _Scored | None = None
         self._live: _Live | None = None
+        self._seen_mask = _SeenMask()
         self._warned_catalogue = False
         self._guard = CatalogueGuard(store, device_id)  # skips ids older runtimes stored unchecked
         self._load_state()
@@ -235,6 +282,7 @@ class DeviceRuntime:
         unseen = item not in self.store.seen()
         self.store.append(item_id, now)  # durable first: nothing below may lose it
         if unseen:
+            self._seen_mask.added(self.store.seen(), item)
             self._consumed(item)
         self.events_since_request += 1
         self._list_fresh = False
@@ -377,7 +425,7 @@ class DeviceRuntime:
         index = self.neighbour_index()
         if index is None or history.size == 0:
             return None
-        seen = self.store.seen() if self.config.exclude_seen else None
+        seen = self._seen_mask.get(self.store.seen(), index.n_items + 1) if self.config.exclude_seen else None
         items, scores = index.local_list(history, self.config.candidates, self.config.neighbour_recent,
                                          self.config.neighbour_decay, seen)
         return (items, scores) if items.size else None
@@ -414,7 +462,9 @@ class DeviceRuntime:
         local_new = slice(0, 0)  # where the local list's own items sit in ``items``
         if local is not None:  # the history moved past the list: blend in the local list
             n_cached = items.size
-            items, cloud_scores = blend_lists(items, cloud_scores, *local, self.config.neighbour_weight)
+            ranks = live.ranks() if self.cached is not None else None
+            items, cloud_scores = blend_lists(items, cloud_scores, *local, self.config.neighbour_weight,
+                                              ranks)
             local_new = slice(n_cached, items.size)
             order = descending_order(cloud_scores)
             cloud_norm, cloud_order = normalise(cloud_scores, self.config.scale, order), items[order]
@@ -426,7 +476,8 @@ class DeviceRuntime:
         every = (self._catalogue_scores(history)
                  if catalogue or self.config.device_candidates else None)
         open_scores = self._open_catalogue(every) if every is not None else None
-        extra = self._device_picks(open_scores, items) if self.config.device_candidates else None
+        top = self._catalogue_top(open_scores) if open_scores is not None else None
+        extra = self._device_picks(open_scores, top, items) if self.config.device_candidates else None
         if extra is not None and extra.size:
             # The cloud did not rank the device's picks: they sit just below its worst item.
             floor = float(cloud_scores.min()) - 1.0 if cloud_scores.size else 0.0
@@ -440,7 +491,7 @@ class DeviceRuntime:
         self._shown = items[descending_order(fused)]
         self._last = _Scored(items, cloud_scores, device_scores, raw, emb, self._model_version())
         if catalogue:
-            self._disagreement = self._catalogue_disagreement(open_scores)
+            self._disagreement = self._catalogue_disagreement(open_scores, top)
             return
         device_order = items[order]
         if local is not None and self.cached is not None:
@@ -460,21 +511,28 @@ class DeviceRuntime:
         scores = np.array(catalogue, dtype=np.float64)
         scores[0] = -np.inf
         if self.config.exclude_seen:
-            seen = np.fromiter(self.store.seen(), dtype=np.int64)
-            scores[seen[(seen > 0) & (seen < scores.size)]] = -np.inf
+            scores[self._seen_mask.get(self.store.seen(), scores.size)] = -np.inf
         return scores
 
-    def _device_picks(self, scores: np.ndarray | None, listed: np.ndarray) -> np.ndarray:
+    def _catalogue_top(self, scores: np.ndarray) -> np.ndarray:
+        """Ids of the best ``max(device_candidates, show)`` of :meth:`_open_catalogue`'s ``scores``
+        (any order): one partition of the catalogue serves the device's picks and the regret."""
+        k = min(max(self.config.device_candidates, self.config.show), scores.size)
+        return np.argpartition(-scores, k - 1)[:k]
+
+    def _device_picks(self, scores: np.ndarray | None, top: np.ndarray | None,
+                      listed: np.ndarray) -> np.ndarray:
         """The device model's ``device_candidates`` best items among :meth:`_open_catalogue`'s
-        ``scores``, best first, less those the cloud already listed."""
-        if scores is None:
+        ``scores`` (``top``: :meth:`_catalogue_top`), best first, less those the cloud listed."""
+        if scores is None or top is None:
             return np.zeros(0, dtype=np.int64)
-        k = min(self.config.device_candidates, int(np.isfinite(scores).sum()))
-        if k <= 0:
+        want = self.config.device_candidates
+        if scores.size - 1 - len(self.store.seen()) < want:  # few items left: count what can be shown
+            want = min(want, int(np.isfinite(scores).sum()))
+        if want <= 0:
             return np.zeros(0, dtype=np.int64)
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[descending_order(scores[top])].astype(np.int64)
-        return top[~np.isin(top, listed)]
+        best = top[descending_order(scores[top])][:want].astype(np.int64)
+        return best[~(best[:, None] == np.asarray(listed)[None, :]).any(axis=1)]
 
     def _catalogue_scores(self, history: np.ndarray) -> np.ndarray | None:
         """(N+1,) the model's scores of every item id, or None (with one warning) if it cannot."""
@@ -488,13 +546,13 @@ class DeviceRuntime:
             self._warned_catalogue = True
         return scores
 
-    def _catalogue_disagreement(self, scores: np.ndarray | None) -> float:
+    def _catalogue_disagreement(self, scores: np.ndarray | None, top: np.ndarray | None = None) -> float:
         """``regret``, ``uncovered`` or ``coverage`` from :meth:`_open_catalogue`'s scores."""
         if scores is None:  # a model that cannot score the catalogue: never a trigger
             return 0.0
         if self.config.measure == "regret":
-            return expected_regret(softmax(scores, self.config.regret_temperature), self._shown,
-                                   self.config.show)
+            return regret_of_scores(scores, self.config.regret_temperature, self._shown,
+                                    self.config.show, top)
         if self.config.measure == "uncovered":
             listed = self._live.items if self._live is not None else self._shown
             return uncovered_mass(softmax(scores, self.config.regret_temperature), listed)

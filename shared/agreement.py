@@ -150,6 +150,37 @@ def expected_regret(probs: np.ndarray, shown: np.ndarray, k: int = 10) -> float:
     return float(np.clip((best * disc[:kk]).sum() - got, 0.0, 1.0))
 
 
+def regret_of_scores(scores: np.ndarray, temperature: float, shown: np.ndarray, k: int = 10,
+                     top: np.ndarray | None = None) -> float:
+    """``expected_regret(softmax(scores, temperature), shown, k)``, bit for bit, for one (N+1,)
+    row, without the full probability array or its partition.
+
+    ``top``: the ids of at least ``min(k, N+1)`` of the highest ``scores`` (any order), when
+    the caller has them already (e.g. from choosing the device's own candidates). Only the
+    normaliser needs every item; the probabilities are formed for the top and the shown
+    items alone, with the same operations as :func:`softmax`, so every value is the same.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    s = np.asarray(scores, dtype=np.float64) / temperature
+    m = s.max()
+    z = np.exp(s - m).sum()
+    kk = min(k, s.size)
+    if top is None or top.size < kk:
+        top = np.argpartition(s, s.size - kk)[s.size - kk:]
+    # p is monotone in s, so the kk largest p are the p of the kk largest s (ties alike)
+    best_p = np.exp(s[top] - m) / z
+    best = np.sort(np.partition(best_p, best_p.size - kk)[best_p.size - kk:])[::-1]
+    disc = 1.0 / np.log2(np.arange(k) + 2.0)
+    sh = np.asarray(shown, dtype=np.int64)[:k]
+    valid = (sh > 0) & (sh < s.size)
+    p_shown = np.exp(s[np.where(valid, sh, 0)] - m) / z
+    got = float((p_shown * valid * disc[: sh.size]).sum())
+    return float(np.clip((best * disc[:kk]).sum() - got, 0.0, 1.0))
+
+
 def uncovered_mass(probs: np.ndarray, cloud_list: np.ndarray) -> float:
     """The device model's probability that the next item is not in the cloud's list.
 

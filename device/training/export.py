@@ -4,7 +4,11 @@ The graph takes ``history`` (B, L) int64 (left-padded) and ``candidates``
 (B, C) int64 and returns ``scores`` (B, C) float32 plus
 ``candidate_embeddings`` (B, C, D) float32, the candidates' rows of the item
 embedding table, which the device's per-user adaptation works in (so no side
-file travels with the model). After export the file is checked against torch
+file travels with the model). Architectures whose score is a dot product with a
+user vector (``user_vector``: SASRec, GRU4Rec) also return ``user`` (B, D): the
+device then runs the network once per event and scores any candidates, or the
+whole catalogue, with one matrix product (:class:`dcrec.device.reranker.OnnxReranker`).
+After export the file is checked against torch
 on random inputs with ONNX Runtime. The file's metadata (``metadata_props``,
 all strings) carries the facts the device checks a release config against:
 ``max_len``, ``n_items``, ``padding_id`` (always 0), ``arch`` and the
@@ -36,17 +40,29 @@ log = logging.getLogger(__name__)
 
 OPSET = 17
 OUTPUTS = ["scores", "candidate_embeddings"]
+USER = "user"  # (B, D), for architectures with ``user_vector``
+
+
+def outputs_of(model: nn.Module) -> list[str]:
+    """The graph outputs ``model`` exports: :data:`OUTPUTS`, plus ``user`` when it has one."""
+    return OUTPUTS + ([USER] if callable(getattr(model, "user_vector", None)) else [])
 
 
 class ExportedScorer(nn.Module):
-    """The exported graph: (history (B, L), candidates (B, C)) -> (scores (B, C), embeddings (B, C, D))."""
+    """The exported graph: (history (B, L), candidates (B, C)) -> (scores (B, C), embeddings
+    (B, C, D)[, user (B, D)])."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.with_user = USER in outputs_of(model)
 
-    def forward(self, history: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.score(history, candidates), self.model.item_emb(candidates)
+    def forward(self, history: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if not self.with_user:
+            return self.model.score(history, candidates), self.model.item_emb(candidates)
+        user = self.model.user_vector(history)  # (B, D); score = candidates' rows . user
+        emb = self.model.item_emb(candidates)
+        return (emb * user[:, None, :]).sum(-1), emb, user
 
 
 def model_metadata(model: nn.Module) -> dict[str, str]:
@@ -92,11 +108,12 @@ def export_onnx(model: nn.Module, path: str | Path, check: bool = True) -> Path:
     candidates = torch.randint(1, n + 1, (2, 7))
     torch.onnx.export(
         scorer, (history, candidates), str(path),
-        input_names=["history", "candidates"], output_names=OUTPUTS,
+        input_names=["history", "candidates"], output_names=outputs_of(model),
         dynamic_axes={"history": {0: "batch", 1: "history_len"},
                       "candidates": {0: "batch", 1: "n_candidates"},
                       "scores": {0: "batch", 1: "n_candidates"},
-                      "candidate_embeddings": {0: "batch", 1: "n_candidates"}},
+                      "candidate_embeddings": {0: "batch", 1: "n_candidates"},
+                      **({USER: {0: "batch"}} if USER in outputs_of(model) else {})},
         opset_version=OPSET, dynamo=False,
     )
     model.eval()
@@ -132,6 +149,9 @@ def parity_error(model: nn.Module, path: str | Path, seed: int = 0) -> float:
             ref_emb = model.item_emb(torch.from_numpy(cand)).numpy()
         got, emb = sess.run(OUTPUTS, {"history": hist, "candidates": cand})
         worst = max(worst, float(np.abs(ref - got).max()), float(np.abs(ref_emb - emb).max()))
+        if USER in outputs_of(model):  # the device scores with user . table rows: check that too
+            (user,) = sess.run([USER], {"history": hist, "candidates": cand})
+            worst = max(worst, float(np.abs((ref_emb * user[:, None, :]).sum(-1) - ref).max()))
     return worst
 
 

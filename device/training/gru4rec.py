@@ -63,6 +63,10 @@ class GRU4Rec(nn.Module):
         # An empty history has no state: zero it so every candidate scores 0.
         return self.out(h) * (lengths > 0).to(h.dtype)[:, None]
 
+    def user_vector(self, history: torch.Tensor) -> torch.Tensor:
+        """(B, D): the vector every candidate's embedding is dotted with (:meth:`score`)."""
+        return self.user_state(history)
+
     def score(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """Scores (B, C) of ``candidates`` (B, C) given ``history`` (B, L)."""
         h = self.user_state(history)

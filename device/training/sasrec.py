@@ -139,6 +139,10 @@ class SASRec(nn.Module):
         """Logits over the whole catalogue at every position: (B, L, N+1)."""
         return self.encode(history) @ self.item_emb.weight.T
 
+    def user_vector(self, history: torch.Tensor) -> torch.Tensor:
+        """(B, D): the vector every candidate's embedding is dotted with (:meth:`score`)."""
+        return self.encode_last(history)
+
     def score(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """Scores (B, C) of ``candidates`` (B, C) given ``history`` (B, L)."""
         h = self.encode_last(history)  # (B, D), the newest position
