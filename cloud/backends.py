@@ -23,6 +23,7 @@ import numpy as np
 
 from dcrec.cloud.generator import CandidateGenerator
 from dcrec.shared.data import Dataset
+from dcrec.shared.fileio import write_atomic
 
 # name -> module implementing train() and load_generator(); imported lazily so
 # that a server for one backend never imports another's heavy dependencies.
@@ -77,10 +78,8 @@ def read_manifest(model_dir: str | Path) -> dict[str, Any]:
 
 def write_manifest(model_dir: str | Path, backend: str, version: str, **extra: Any) -> None:
     """Write ``backend.json`` last, so a half-written directory never loads."""
-    path = Path(model_dir) / MANIFEST
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"backend": backend, "version": version, **extra}, indent=2))
-    tmp.replace(path)
+    write_atomic(Path(model_dir) / MANIFEST,
+                 json.dumps({"backend": backend, "version": version, **extra}, indent=2))
 
 
 def load_generator(model_dir: str | Path) -> CandidateGenerator:

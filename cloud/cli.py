@@ -21,6 +21,7 @@ from dcrec.shared.cliutil import (
     positive_int_list,
 )
 from dcrec.shared.cliutil import duration as parse_duration
+from dcrec.shared.fileio import write_atomic
 
 
 def cmd_cloud_train(ns: argparse.Namespace) -> int:
@@ -44,9 +45,7 @@ def _tls_paths(ns: argparse.Namespace) -> tuple[str | None, str | None]:
 
 def _write_ready(path: str | None, port: int) -> None:
     if path:  # written atomically so a waiting parent never reads half a number
-        tmp = Path(path + ".tmp")
-        tmp.write_text(str(port))
-        tmp.replace(path)
+        write_atomic(path, str(port))
 
 
 def _batching(ns: argparse.Namespace):  # type: ignore[no-untyped-def]

@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dcrec.shared.fileio import write_atomic
+
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 180.0  # model loading in N processes at once on a busy machine
@@ -170,6 +172,4 @@ class Replicas:
 
 def _write_atomic(path: str | None, text: str) -> None:
     if path:  # a waiting parent process never reads half a number
-        tmp = Path(path + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        write_atomic(path, text)

@@ -27,7 +27,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,8 +135,10 @@ def channel_state(channel: grpc.Channel, connect: bool = False) -> grpc.ChannelC
     return states.get(code)
 
 
-def make_channel(address: str, tls: ClientTls | None = None) -> grpc.Channel:
-    """A channel with the client's retry policy; TLS when ``tls`` is given."""
+def make_channel(address: str, tls: ClientTls | None = None,
+                 extra_options: Sequence[tuple[str, object]] = ()) -> grpc.Channel:
+    """A channel with the client's retry policy; TLS when ``tls`` is given. The one place
+    a device channel is made (the simulator's fleet connections too, with ``extra_options``)."""
     options = [
         ("grpc.service_config", _SERVICE_CONFIG),
         ("grpc.enable_retries", 1),
@@ -144,6 +146,7 @@ def make_channel(address: str, tls: ClientTls | None = None) -> grpc.Channel:
         # Reconnect quickly after an outage instead of the default 20 s+ back-off.
         ("grpc.initial_reconnect_backoff_ms", 200),
         ("grpc.max_reconnect_backoff_ms", 2000),
+        *extra_options,
     ]
     if tls is None:
         return grpc.insecure_channel(address, options=options)

@@ -25,7 +25,7 @@ import csv
 import importlib.util
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +38,16 @@ PAD = 0
 # Where the team's reference data sets live: beside the repository.
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 DATASET_ALIASES = {"beauty": "amazon-beauty", "amazon-beauty": "amazon-beauty"}
+
+
+def pad_left(seqs: Sequence[np.ndarray], length: int) -> np.ndarray:
+    """(B, length) int64: each sequence's newest ``length`` items, left-padded with :data:`PAD`."""
+    out = np.full((len(seqs), length), PAD, dtype=np.int64)
+    for i, s in enumerate(seqs):
+        s = np.asarray(s[-length:], dtype=np.int64) if length else np.zeros(0, np.int64)
+        if s.size:
+            out[i, length - s.size:] = s
+    return out
 
 
 class DataError(ValueError):

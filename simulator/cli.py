@@ -7,6 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
+from dcrec.device.policy import POLICIES
 from dcrec.shared.cliutil import UsageError, data_args, positive_float, positive_int, unit_interval
 
 
@@ -102,7 +103,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="the server's HMAC secret: each simulated device gets its own device token "
                         "(a token names one device, so one token cannot serve a fleet)")
     q.add_argument("--workdir", default="runs/simulate")
-    q.add_argument("--policy", action="append", choices=["disagreement", "always", "never"],
+    q.add_argument("--policy", action="append", choices=POLICIES,
                    help="request policy; repeat to compare (default: disagreement)")
     q.add_argument("--threshold", type=unit_interval, default=0.95,
                    help="disagreement (1 - rank-biased overlap of the top 20) that triggers a request")

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import threading
 import time
@@ -27,22 +26,19 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
-from dcrec.device.client import ClientTls, CloudClient, CloudRejected, CloudUnavailable
+from dcrec.device.client import (
+    ClientTls,
+    CloudClient,
+    CloudRejected,
+    CloudUnavailable,
+    make_channel,
+)
 from dcrec.shared.contract import CandidatesRequest, CandidatesResponse, DeviceModel
 
 if TYPE_CHECKING:
     from dcrec.cloud.auth import TokenAuthority
 
 log = logging.getLogger(__name__)
-
-# Mirrors device/client.py's policy: one retry of UNAVAILABLE inside the deadline.
-_SERVICE_CONFIG = json.dumps({
-    "methodConfig": [{
-        "name": [{"service": "dcrec.v1.Recommender"}],
-        "retryPolicy": {"maxAttempts": 2, "initialBackoff": "0.05s", "maxBackoff": "0.2s",
-                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
-    }]
-})
 
 _sizes = threading.local()  # (up, down) bytes of the call the current thread made last
 
@@ -96,21 +92,10 @@ class _SizeInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
 def fleet_channels(address: str, n: int, ready_timeout_s: float = 10.0,
                    tls: ClientTls | None = None) -> list[grpc.Channel]:
     """``n`` channels to ``address``, each on its own TCP connection, ready before returning."""
-    opts = [
-        ("grpc.service_config", _SERVICE_CONFIG),
-        ("grpc.enable_retries", 1),
-        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-        ("grpc.initial_reconnect_backoff_ms", 200),
-        ("grpc.max_reconnect_backoff_ms", 2000),
-        ("grpc.use_local_subchannel_pool", 1),  # otherwise identical channels share one connection
-    ]
-    if tls is None:
-        raw = [grpc.insecure_channel(address, options=opts) for _ in range(max(1, n))]
-    else:
-        if tls.server_name:
-            opts.append(("grpc.ssl_target_name_override", tls.server_name))
-        creds = tls.credentials()
-        raw = [grpc.secure_channel(address, creds, options=opts) for _ in range(max(1, n))]
+    # The device client's own channel (retry policy, reconnect back-off, TLS), each on its
+    # own connection: otherwise identical channels share one.
+    own = [("grpc.use_local_subchannel_pool", 1)]
+    raw = [make_channel(address, tls, own) for _ in range(max(1, n))]
     wait_ready(raw, ready_timeout_s, address)
     return [grpc.intercept_channel(ch, _SizeInterceptor()) for ch in raw]
 

@@ -39,6 +39,7 @@ import torch
 
 from dcrec.cloud import backends
 from dcrec.shared.data import load_dataset
+from dcrec.shared.fileio import replacing, write_atomic
 from dcrec.shared.metrics import ranks_in_lists, summarize
 from dcrec.shared.splits import leave_one_out
 
@@ -142,10 +143,8 @@ def lists_path(out: Path) -> Path:
 
 
 def _write_lists(out: Path, users: np.ndarray, lists: np.ndarray) -> None:
-    path = lists_path(out)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, users=users, lists=lists)
-    tmp.replace(path)
+    with replacing(lists_path(out)) as tmp:
+        np.savez_compressed(tmp, users=users, lists=lists)
 
 
 def merge(paths: list[Path], data: str | None = None) -> dict[str, Any]:
@@ -203,9 +202,7 @@ def _loadavg() -> tuple[float, float, float]:
 
 def _write(path: Path, report: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(report, indent=2))
 
 
 def main(argv: list[str] | None = None) -> None:

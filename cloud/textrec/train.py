@@ -19,7 +19,6 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from dcrec.cloud.textrec.model import TextRecModel
+from dcrec.shared.fileio import replacing
 from dcrec.shared.metrics import ranks_from_scores, summarize
 
 log = logging.getLogger(__name__)
@@ -155,9 +155,8 @@ def keep_freed_memory() -> None:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def fit(

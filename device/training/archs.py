@@ -29,6 +29,7 @@ from torch import nn
 from dcrec.device.training.din import DIN, DINConfig
 from dcrec.device.training.gru4rec import GRU4Rec, GRU4RecConfig
 from dcrec.device.training.sasrec import SASRec, SASRecConfig
+from dcrec.shared.fileio import write_atomic
 
 ARCHS: dict[str, tuple[type[nn.Module], type]] = {
     "sasrec": (SASRec, SASRecConfig),
@@ -70,9 +71,7 @@ def save(model: nn.Module, out_dir: str | Path, extra: dict[str, Any] | None = N
     out.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out / WEIGHTS)
     meta = {"arch": arch_of(model), "model": asdict(model.cfg), **(extra or {})}  # type: ignore[call-overload]
-    tmp = out / (META + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, default=str))
-    tmp.replace(out / META)
+    write_atomic(out / META, json.dumps(meta, indent=2, default=str))
     return out
 
 

@@ -46,11 +46,11 @@ from dcrec.device.training import archs
 from dcrec.device.training.lists import (
     Prefixes,
     histories,
-    pad_left,
     prefixes,
     scored_cloud_lists,
     with_target,
 )
+from dcrec.shared.data import pad_left
 from dcrec.shared.metrics import ranks_in_lists, summarize
 
 log = logging.getLogger(__name__)

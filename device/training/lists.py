@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from dcrec.cloud.generator import CandidateGenerator
+from dcrec.shared.data import pad_left
+from dcrec.shared.fileio import replacing
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +44,6 @@ class Prefixes:
 
     def take(self, idx: np.ndarray) -> Prefixes:
         return Prefixes(self.seq[idx], self.pos[idx], self.targets[idx])
-
-
-def pad_left(seqs: Sequence[np.ndarray], length: int) -> np.ndarray:
-    """(B, length) int64: each sequence's newest ``length`` items, left-padded with 0."""
-    out = np.zeros((len(seqs), length), dtype=np.int64)
-    for i, s in enumerate(seqs):
-        s = np.asarray(s[-length:], dtype=np.int64) if length else np.zeros(0, np.int64)
-        if s.size:
-            out[i, length - s.size:] = s
-    return out
 
 
 def prefixes(sequences: Sequence[np.ndarray], min_history: int = 1) -> Prefixes:
@@ -136,9 +128,8 @@ def scored_cloud_lists(generator: CandidateGenerator, sequences: Sequence[np.nda
             progress(hi, len(p))
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, items=out, scores=val)
-        tmp.replace(cache)
+        with replacing(cache) as tmp:
+            np.savez(tmp, items=out, scores=val)
     return out, val
 
 

@@ -35,8 +35,8 @@ import numpy as np
 from dcrec.cloud.generator import CandidateGenerator
 from dcrec.device.budget import QuantileTracker, TokenBucket
 from dcrec.device.fusion import Scale
-from dcrec.device.training.lists import pad_left
 from dcrec.shared.agreement import Measure, disagreement
+from dcrec.shared.data import pad_left
 from dcrec.shared.metrics import ranks_in_lists, summarize
 from dcrec.shared.splits import EvalSet
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from dcrec.device.training.sasrec import SASRec, SASRecConfig, sequence_loss
+from dcrec.shared.data import pad_left
 from dcrec.shared.metrics import ranks_from_scores, summarize
 
 log = logging.getLogger(__name__)
@@ -47,16 +48,6 @@ class TrainResult:
     best_epoch: int
     valid: dict[str, float]
     seconds: float
-
-
-def pad_left(seqs: Sequence[np.ndarray], length: int) -> np.ndarray:
-    """(B, length) int64: each sequence's newest ``length`` items, left-padded with 0."""
-    out = np.zeros((len(seqs), length), dtype=np.int64)
-    for i, s in enumerate(seqs):
-        s = np.asarray(s[-length:], dtype=np.int64)
-        if s.size:
-            out[i, length - s.size:] = s
-    return out
 
 
 def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:

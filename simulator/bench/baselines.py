@@ -63,7 +63,8 @@ def gru4rec(ds: Dataset, train: list[np.ndarray], valid: EvalSet, test: EvalSet,
 
     from dcrec.device.training import archs
     from dcrec.device.training.collab import RerankTrainConfig, train_reranker
-    from dcrec.device.training.train import pad_left, trained_with
+    from dcrec.device.training.train import trained_with
+    from dcrec.shared.data import pad_left
 
     out = Path(cfg.workdir) / ds.name / f"seed{seed}" / "loo-gru4rec"
     rc = RerankTrainConfig(objective="full", epochs=cfg.device_epochs,

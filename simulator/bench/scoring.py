@@ -44,7 +44,7 @@ def srm_candidate_scores(model, histories: Sequence[np.ndarray], items: np.ndarr
     """(M, C) device-model scores of candidate lists ``items`` (0 = padding -> -inf)."""
     import torch
 
-    from dcrec.device.training.train import pad_left
+    from dcrec.shared.data import pad_left
 
     out = np.empty(items.shape, dtype=np.float32)
     model.eval()
@@ -61,7 +61,7 @@ def srm_full_scores(model, histories: Sequence[np.ndarray], batch: int = 256):  
     """Yield (lo, hi, (B, N+1) scores) over the full catalogue, seen items not masked."""
     import torch
 
-    from dcrec.device.training.train import pad_left
+    from dcrec.shared.data import pad_left
 
     model.eval()
     with torch.no_grad():
