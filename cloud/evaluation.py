@@ -1,6 +1,6 @@
 """Leave-one-out quality of a trained cloud model, through the offline harness's functions.
 
-Protocol (the literature's, DESIGN.md): each user's newest item is the
+Protocol (the literature's; README.md, "The evaluation protocol"): each user's newest item is the
 target, the rest of the sequence is the (fresh) history; the model ranks the
 full catalogue and we read its top-``count`` list, so a target outside the
 list is a miss (``dcrec.shared.metrics.ranks_in_lists``). Lists come from the

@@ -39,6 +39,7 @@ Example::
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -247,7 +248,20 @@ class PeriodicPolicy(_Budgeted):
         return Reason.PERIODIC if due else None
 
 
-POLICIES = ("disagreement", "always", "never", "budgeted", "random", "periodic")
+# Every policy by name: what make_policy, the CLI, the simulator and scenario files accept.
+# A new policy is its class and one line here.
+_FACTORIES: dict[str, Callable[[float, float, int | None, float], RequestPolicy]] = {
+    "disagreement": lambda threshold, ratio, seed, capacity: DisagreementPolicy(threshold=threshold),
+    "always": lambda threshold, ratio, seed, capacity: AlwaysPolicy(),
+    "never": lambda threshold, ratio, seed, capacity: NeverPolicy(),
+    "budgeted": lambda threshold, ratio, seed, capacity: BudgetedPolicy(
+        target_ratio=ratio, capacity=capacity, seed=seed, threshold=threshold),
+    "random": lambda threshold, ratio, seed, capacity: RandomPolicy(
+        target_ratio=ratio, capacity=capacity, seed=seed),
+    "periodic": lambda threshold, ratio, seed, capacity: PeriodicPolicy(
+        target_ratio=ratio, capacity=capacity, seed=seed),
+}
+POLICIES = tuple(_FACTORIES)
 
 
 def make_policy(name: str, threshold: float = 0.95, target_ratio: float = 0.05,
@@ -258,17 +272,7 @@ def make_policy(name: str, threshold: float = 0.95, target_ratio: float = 0.05,
     ``budgeted``; ``target_ratio``, ``capacity`` and ``seed`` configure the
     budgeted ones (``seed``: per device, for reproducible runs).
     """
-    if name == "disagreement":
-        return DisagreementPolicy(threshold=threshold)
-    if name == "always":
-        return AlwaysPolicy()
-    if name == "never":
-        return NeverPolicy()
-    if name == "budgeted":
-        return BudgetedPolicy(target_ratio=target_ratio, capacity=capacity, seed=seed,
-                              threshold=threshold)
-    if name == "random":
-        return RandomPolicy(target_ratio=target_ratio, capacity=capacity, seed=seed)
-    if name == "periodic":
-        return PeriodicPolicy(target_ratio=target_ratio, capacity=capacity, seed=seed)
-    raise ValueError(f"unknown request policy {name!r}; choose one of {', '.join(POLICIES)}")
+    factory = _FACTORIES.get(name)
+    if factory is None:
+        raise ValueError(f"unknown request policy {name!r}; choose one of {', '.join(POLICIES)}")
+    return factory(threshold, target_ratio, seed, capacity)

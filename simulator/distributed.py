@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 def _shard(sc: Scenario, policy: str, address: str, workdir: str, shard: int, shards: int,
            access: CloudAccess | None = None) -> FleetResult:
-    from dcrec.simulator.runner import run_fleet
+    from dcrec.simulator.fleet_run import run_fleet
 
     return run_fleet(sc, policy, address, Path(workdir) / f"shard{shard}", None, shard, shards,
                      access=access)

@@ -12,9 +12,9 @@ from dcrec.shared.data import load_dataset
 from dcrec.shared.progress import Progress
 from dcrec.shared.splits import time_split
 from dcrec.simulator.cloudproc import CloudProcess
+from dcrec.simulator.fleet_run import fetch_reranker
 from dcrec.simulator.metering import CloudAccess
 from dcrec.simulator.replay import ReplayConfig, ReplayResult, replay
-from dcrec.simulator.runner import fetch_reranker
 
 log = logging.getLogger(__name__)
 

@@ -192,7 +192,7 @@ def load_model(config: LLMConfig) -> Any:
     lm = AutoModelForCausalLM.from_pretrained(local_model_dir(config.model), dtype=torch.float32)
     lm.eval()
     if config.lora:
-        from dcrec.cloud.llm.finetune_lora import merge_saved_adapters
+        from dcrec.cloud.llm.lora import merge_saved_adapters
 
         merge_saved_adapters(lm, Path(config.lora))
     if config.quantize == "int8":

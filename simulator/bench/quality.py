@@ -1,6 +1,6 @@
 """The offline quality harness: every variant of the stale-cloud protocol in one table.
 
-Protocol (DESIGN.md, LSC4Rec's split): the cloud last saw ``i1..i(n-3)``, the
+Protocol (LSC4Rec's split; docs/BENCHMARKS.md): the cloud last saw ``i1..i(n-3)``, the
 device sees ``i1..i(n-1)``, the target is ``in``; metrics over the full
 catalogue, an item missing from a list is a miss. Variants:
 
@@ -77,7 +77,7 @@ class QualityConfig:
     device_batch_size: int = 256
     device_patience: int = 3
     # How the device model is trained: ``full`` (SASRec, cross-entropy over the catalogue), or
-    # that model trained again on lists (DESIGN.md): ``collab`` on the cloud's own candidate
+    # that model trained again on lists (docs/DEVICE.md, collaborative training): ``collab`` on the cloud's own candidate
     # lists (out-of-fold, ``device_folds``), ``random`` on random negatives, same budget.
     device_objective: str = "full"
     device_folds: int = 3

@@ -20,13 +20,8 @@ from dcrec.cloud import backends
 from dcrec.cloud.generator import CandidateGenerator
 from dcrec.cloud.llm.backend import LLMConfig, load_model, load_tokenizer, local_model_dir
 from dcrec.cloud.llm.decode import BeamConfig, beam_search
-from dcrec.cloud.llm.finetune_lora import (
-    LoRAConfig,
-    TrainConfig,
-    finetune,
-    merge_saved_adapters,
-    save_adapters,
-)
+from dcrec.cloud.llm.finetune_lora import TrainConfig, finetune
+from dcrec.cloud.llm.lora import LoRAConfig, merge_saved_adapters, save_adapters
 from dcrec.cloud.llm.prompt import PromptBuilder, PromptConfig, tokenize_titles
 from dcrec.cloud.llm.runner import HFRunner, SharedPrefixRunner, make_runner
 from dcrec.cloud.llm.trie import ROOT, build_trie

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dcrec.simulator.cloudproc import CloudProcess
-from dcrec.simulator.runner import run_fleet
+from dcrec.simulator.fleet_run import run_fleet
 from dcrec.simulator.scenario import parse_scenario
 
 ray = pytest.importorskip("ray", reason="sharded runs need the fleet extra (ray)")

@@ -12,7 +12,8 @@ import pytest
 from dcrec.device.reranker import OnnxReranker
 from dcrec.simulator.cloudproc import CloudProcess
 from dcrec.simulator.fleet import Fleet, FleetConfig
-from dcrec.simulator.runner import ManagedCloud, evaluate_checks, run_fleet
+from dcrec.simulator.fleet_run import run_fleet
+from dcrec.simulator.runner import ManagedCloud, evaluate_checks
 from dcrec.simulator.scenario import parse_scenario
 from dcrec.simulator.workload import TraceWorkload
 

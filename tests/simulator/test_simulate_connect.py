@@ -31,8 +31,8 @@ from dcrec.cloud.server import ServerConfig, TlsConfig, build_server
 from dcrec.cloud.service import CandidateService
 from dcrec.device.client import ClientTls
 from dcrec.shared.cli import main
+from dcrec.simulator.fleet_run import fetch_reranker, run_fleet
 from dcrec.simulator.metering import CloudAccess
-from dcrec.simulator.runner import fetch_reranker, run_fleet
 from dcrec.simulator.scenario import parse_scenario
 
 OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "OPERATIONS.md"
