@@ -10,6 +10,7 @@ from pathlib import Path
 
 from dcrec.shared.cliutil import (
     UsageError,
+    area,
     data_args,
     key_value,
     load_split,
@@ -156,22 +157,6 @@ def cmd_cloud_serve(ns: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_cloud_eval(ns: argparse.Namespace) -> int:
-    from dcrec.cloud.backends import load_generator
-    from dcrec.cloud.evaluation import evaluate_loo, markdown
-    from dcrec.shared.data import load_dataset
-
-    ds = load_dataset(ns.dataset)
-    print(f"data: {ds.describe()}", file=sys.stderr)
-    result = evaluate_loo(load_generator(ns.model_dir), ds, ns.count, ns.max_users)
-    print(f"leave-one-out, fresh history, full catalogue through each top-{ns.count} list "
-          f"({result.users} users, lists in {result.seconds:.1f}s)\n")
-    print(markdown([result]))
-    if ns.json:
-        Path(ns.json).write_text(json.dumps(result.__dict__, indent=2))
-    return 0
-
-
 def _levels(ns: argparse.Namespace) -> tuple[int, ...]:
     if ns.levels:
         return tuple(ns.levels)
@@ -310,7 +295,7 @@ def _models_parsers(cloud: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    cloud = sub.add_parser("cloud", help="the cloud recommender").add_subparsers(dest="sub", required=True)
+    cloud = area(sub, "cloud")
     q = cloud.add_parser("train", help="train a candidate generator")
     data_args(q)
     q.add_argument("--backend", default="cooccurrence")
@@ -367,13 +352,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--reflection", action="store_true",
                    help="register gRPC server reflection (grpcurl list/describe); needs no token")
     q.set_defaults(fn=cmd_cloud_serve)
-    q = cloud.add_parser("eval", help="leave-one-out metrics of a cloud model (markdown table)")
-    q.add_argument("--model-dir", required=True)
-    q.add_argument("--dataset", default="ml-100k", help="ml-100k, beauty, or a path")
-    q.add_argument("--count", type=positive_int, default=100, help="list length; targets beyond it are misses")
-    q.add_argument("--max-users", type=positive_int, help="evaluate a random sample of users")
-    q.add_argument("--json", help="also write the result here")
-    q.set_defaults(fn=cmd_cloud_eval)
     q = cloud.add_parser("bench-serving",
                          help="server throughput and latency with and without dynamic batching")
     q.add_argument("--model-dir", required=True)

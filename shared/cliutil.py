@@ -141,6 +141,20 @@ def config_options(opts: dict[str, Any], cls: type, flag: str, **fixed: Any) -> 
     return opts
 
 
+AREAS = {"cloud": "the cloud recommender", "device": "the on-device reranker and its models",
+         "bench": "offline benchmarks"}
+
+
+def area(sub: argparse._SubParsersAction, name: str) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+    """The subcommands of ``dcrec NAME``, made on first use: the modules that live on different
+    floors (the device runtime, the cloud's training, the offline harness) each add theirs to
+    one area, so no module imports another's only to reach its command line."""
+    made: dict[str, argparse._SubParsersAction] = sub.__dict__.setdefault("_dcrec_areas", {})  # type: ignore[type-arg]
+    if name not in made:
+        made[name] = sub.add_parser(name, help=AREAS[name]).add_subparsers(dest="sub", required=True)
+    return made[name]
+
+
 def data_args(q: argparse.ArgumentParser) -> None:
     q.add_argument("--dataset", default="ml-100k", help="ml-100k, beauty, or a path")
     q.add_argument("--cloud-fraction", type=open_fraction, default=0.8,

@@ -44,8 +44,8 @@ def cloud_model_dir(tmp_path_factory: pytest.TempPathFactory, ml100k: Dataset,
 def device_model_dir(tmp_path_factory: pytest.TempPathFactory, ml100k: Dataset,
                      ml_split: TimeSplit) -> Path:
     """A real SASRec, trained briefly on the cloud side, exported to model.onnx."""
-    from dcrec.device.training.export import export_onnx
-    from dcrec.device.training.train import TrainConfig, load_sasrec, train_sasrec
+    from dcrec.cloud.training.export import export_onnx
+    from dcrec.cloud.training.train import TrainConfig, load_sasrec, train_sasrec
 
     out = tmp_path_factory.mktemp("device")
     train_sasrec(ml_split.cloud_sequences(), ml100k.n_items,

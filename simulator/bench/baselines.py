@@ -42,7 +42,7 @@ def _with_valid(train: list[np.ndarray], valid: EvalSet) -> list[np.ndarray]:
 
 def sasrec(ds: Dataset, train: list[np.ndarray], valid: EvalSet, test: EvalSet,
            cfg: Any, seed: int) -> np.ndarray:
-    from dcrec.device.training.train import load_sasrec, train_sasrec, trained_with
+    from dcrec.cloud.training.train import load_sasrec, train_sasrec, trained_with
 
     out = Path(cfg.workdir) / ds.name / f"seed{seed}" / "loo-sasrec"
     tc = cfg.device_train_config(seed)
@@ -61,9 +61,9 @@ def gru4rec(ds: Dataset, train: list[np.ndarray], valid: EvalSet, test: EvalSet,
     """GRU4Rec with cross-entropy over the full catalogue at each training prefix."""
     import torch
 
-    from dcrec.device.training import archs
-    from dcrec.device.training.collab import RerankTrainConfig, train_reranker
-    from dcrec.device.training.train import trained_with
+    from dcrec.cloud.training import archs
+    from dcrec.cloud.training.collab import RerankTrainConfig, train_reranker
+    from dcrec.cloud.training.train import trained_with
     from dcrec.shared.data import pad_left
 
     out = Path(cfg.workdir) / ds.name / f"seed{seed}" / "loo-gru4rec"

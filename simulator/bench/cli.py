@@ -1,4 +1,6 @@
-"""``dcrec bench quality``: the offline quality harness."""
+"""The offline evaluations' commands: ``dcrec bench quality`` (the quality harness), ``dcrec
+device eval-rerank`` (the reranking task) and ``dcrec cloud eval`` (leave-one-out), each
+registered into its area."""
 
 from __future__ import annotations
 
@@ -8,12 +10,16 @@ import sys
 import time
 from pathlib import Path
 
+from dcrec.cloud.training.cli import protocol_args
 from dcrec.shared.cliutil import (
+    UsageError,
+    area,
     non_negative_float,
     non_negative_int,
     options,
     positive_float,
     positive_int,
+    unit_interval,
 )
 
 
@@ -59,8 +65,53 @@ def cmd_quality(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_rerank(ns: argparse.Namespace) -> int:
+    import numpy as np
+
+    from dcrec.cloud.training.collab import load_scorer
+    from dcrec.simulator.bench.rerank_eval import build_lists, evaluate, format_table
+
+    ns.alpha = ns.alpha or [0.5]
+    ns.ratio = ns.ratio or [0.05, 0.2]
+    if ns.split != "stale":
+        raise UsageError("eval-rerank runs the stale-cloud split (--split stale)")
+    from dcrec.cloud.training.cli import load_cloud, split_sequences
+
+    ds, train, split = split_sequences(ns)
+    gen = load_cloud(ns, ds, train)
+    test = split.test
+    if ns.max_users and ns.max_users < len(test):
+        test = test.take(np.sort(np.random.default_rng(1234).choice(len(test), ns.max_users,
+                                                                    replace=False)))
+    scorer = load_scorer(ns.model_dir)
+    lists = build_lists(gen, test, ns.count, max_len=scorer.max_len)
+    for alpha in ns.alpha:
+        res = evaluate(lists, scorer, alpha=alpha, ratios=tuple(ns.ratio), scale=ns.scale,
+                       measure=ns.measure, seed=ns.seed)
+        print(f"\nalpha={alpha} scale={ns.scale} measure={ns.measure} lists={ns.count} "
+              f"users={len(test)}")
+        print(format_table(res))
+    return 0
+
+
+def cmd_cloud_eval(ns: argparse.Namespace) -> int:
+    from dcrec.cloud.backends import load_generator
+    from dcrec.shared.data import load_dataset
+    from dcrec.simulator.bench.cloud_eval import evaluate_loo, markdown
+
+    ds = load_dataset(ns.dataset)
+    print(f"data: {ds.describe()}", file=sys.stderr)
+    result = evaluate_loo(load_generator(ns.model_dir), ds, ns.count, ns.max_users)
+    print(f"leave-one-out, fresh history, full catalogue through each top-{ns.count} list "
+          f"({result.users} users, lists in {result.seconds:.1f}s)\n")
+    print(markdown([result]))
+    if ns.json:
+        Path(ns.json).write_text(json.dumps(result.__dict__, indent=2))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    bench = sub.add_parser("bench", help="offline benchmarks").add_subparsers(dest="sub", required=True)
+    bench = area(sub, "bench")
     q = bench.add_parser("quality", help="every variant of the stale-cloud protocol, side by side")
     q.add_argument("--dataset", default="ml-100k", help="ml-100k, beauty, or a path")
     q.add_argument("--seeds", type=positive_int, default=1)
@@ -116,3 +167,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--workdir", default="runs/bench")
     q.add_argument("--out", default="runs/bench/results")
     q.set_defaults(fn=cmd_quality)
+
+    device = area(sub, "device")
+    q = device.add_parser("eval-rerank", help="the reranking task offline: every system variant")
+    protocol_args(q)
+    q.add_argument("--model-dir", required=True)
+    q.add_argument("--workdir", default="runs/eval-rerank")
+    q.add_argument("--count", type=positive_int, default=100, help="cloud list length")
+    q.add_argument("--alpha", type=unit_interval, action="append", help="cloud weight(s) in fusion")
+    q.add_argument("--scale", choices=["rank", "zscore"], default="zscore")
+    q.add_argument("--measure", choices=["rbo", "footrule", "kendall"], default="rbo",
+                   help="order measure of the budgeted variant (catalogue measures such as regret: "
+                        "dcrec bench quality)")
+    q.add_argument("--ratio", type=unit_interval, action="append", help="request ratio(s) to compare")
+    q.add_argument("--max-users", type=positive_int)
+    q.set_defaults(fn=cmd_eval_rerank)
+
+    cloud = area(sub, "cloud")
+    q = cloud.add_parser("eval", help="leave-one-out metrics of a cloud model (markdown table)")
+    q.add_argument("--model-dir", required=True)
+    q.add_argument("--dataset", default="ml-100k", help="ml-100k, beauty, or a path")
+    q.add_argument("--count", type=positive_int, default=100, help="list length; targets beyond it are misses")
+    q.add_argument("--max-users", type=positive_int, help="evaluate a random sample of users")
+    q.add_argument("--json", help="also write the result here")
+    q.set_defaults(fn=cmd_cloud_eval)

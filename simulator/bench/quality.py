@@ -117,7 +117,7 @@ class QualityConfig:
         return max(1, (os.cpu_count() or 1) // max(1, self.jobs))
 
     def device_train_config(self, seed: int) -> Any:
-        from dcrec.device.training.train import TrainConfig
+        from dcrec.cloud.training.train import TrainConfig
 
         return TrainConfig(epochs=self.device_epochs, time_budget_s=self.device_time_budget_s,
                            seed=seed, batch_size=self.device_batch_size,
@@ -363,7 +363,7 @@ def _metrics(ranks: np.ndarray, in_list: np.ndarray | None = None) -> dict[str, 
 
 def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
              say: Callable[[str], None] = lambda s: None) -> tuple[list[Row], dict[str, Any]]:
-    from dcrec.device.training.train import load_sasrec, train_sasrec, trained_with
+    from dcrec.cloud.training.train import load_sasrec, train_sasrec, trained_with
 
     rows: list[Row] = []
     info: dict[str, Any] = {}
@@ -551,9 +551,9 @@ def _train_on_lists(ds: Dataset, cfg: QualityConfig, seed: int, train: list[np.n
                     gen: backends.CandidateGenerator, srm: Any, work: Path,
                     say: Callable[[str], None]) -> Any:
     """Train the full-catalogue SASRec again on lists: the cloud's (collab) or random ones."""
-    from dcrec.device.training import archs
-    from dcrec.device.training.collab import RerankTrainConfig, backend_fitter, train_reranker
-    from dcrec.device.training.train import trained_with
+    from dcrec.cloud.training import archs
+    from dcrec.cloud.training.collab import RerankTrainConfig, backend_fitter, train_reranker
+    from dcrec.cloud.training.train import trained_with
 
     if cfg.device_objective not in ("collab", "random"):
         raise ValueError(f"device_objective must be full, collab or random, got {cfg.device_objective!r}")

@@ -14,13 +14,13 @@ import pytest
 
 from dcrec.cloud.backends import load_generator
 from dcrec.cloud.bench_serving import markdown, summarize
-from dcrec.cloud.evaluation import evaluate_loo
 from dcrec.cloud.server import REPLICA_KEY
 from dcrec.shared.cli import main
 from dcrec.shared.data import Dataset
 from dcrec.shared.proto.dcrec.v1 import recommend_pb2 as pb
 from dcrec.shared.proto.dcrec.v1 import recommend_pb2_grpc as pb_grpc
 from dcrec.shared.splits import leave_one_out
+from dcrec.simulator.bench.cloud_eval import evaluate_loo
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,7 @@ from dcrec.device.reranker import ModelLoadError, OnnxReranker
 
 def test_onnx_matches_torch_within_1e4(device_model_dir: Path) -> None:
     torch = pytest.importorskip("torch")
-    from dcrec.device.training.train import load_sasrec
+    from dcrec.cloud.training.train import load_sasrec
 
     model = load_sasrec(device_model_dir)
     rr = OnnxReranker.from_file(device_model_dir / "model.onnx", model.cfg.max_len)

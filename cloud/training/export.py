@@ -67,7 +67,7 @@ class ExportedScorer(nn.Module):
 
 def model_metadata(model: nn.Module) -> dict[str, str]:
     """The facts about ``model`` written into its ONNX file's metadata (see the module docstring)."""
-    from dcrec.device.training.archs import arch_of
+    from dcrec.cloud.training.archs import arch_of
 
     meta = {"max_len": str(model.cfg.max_len), "n_items": str(model.cfg.n_items),
             "padding_id": str(PADDING_ID)}
@@ -96,7 +96,7 @@ def write_metadata(path: str | Path, meta: dict[str, str]) -> None:
 
 
 def export_onnx(model: nn.Module, path: str | Path, check: bool = True) -> Path:
-    """Write ``model`` (any architecture in :mod:`dcrec.device.training.archs`) to ``path`` as ONNX,
+    """Write ``model`` (any architecture in :mod:`dcrec.cloud.training.archs`) to ``path`` as ONNX,
     with :func:`model_metadata` in the file's metadata."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

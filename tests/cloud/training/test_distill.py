@@ -10,16 +10,16 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from dcrec.cloud.cooccurrence import CooccurrenceConfig, CooccurrenceGenerator, fit  # noqa: E402
-from dcrec.device.training import archs  # noqa: E402
-from dcrec.device.training.collab import (  # noqa: E402
+from dcrec.cloud.training import archs  # noqa: E402
+from dcrec.cloud.training.collab import (  # noqa: E402
     RerankTrainConfig,
     TorchScorer,
     distill_loss,
     teacher_probabilities,
     train_reranker,
 )
-from dcrec.device.training.lists import cloud_lists, histories, prefixes, scored_cloud_lists  # noqa: E402
-from dcrec.device.training.train import trained_with  # noqa: E402
+from dcrec.cloud.training.lists import cloud_lists, histories, prefixes, scored_cloud_lists  # noqa: E402
+from dcrec.cloud.training.train import trained_with  # noqa: E402
 
 N_ITEMS = 60
 

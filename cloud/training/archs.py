@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from dcrec.device.training.din import DIN, DINConfig
-from dcrec.device.training.gru4rec import GRU4Rec, GRU4RecConfig
-from dcrec.device.training.sasrec import SASRec, SASRecConfig
+from dcrec.cloud.training.din import DIN, DINConfig
+from dcrec.cloud.training.gru4rec import GRU4Rec, GRU4RecConfig
+from dcrec.cloud.training.sasrec import SASRec, SASRecConfig
 from dcrec.shared.fileio import write_atomic
 
 ARCHS: dict[str, tuple[type[nn.Module], type]] = {

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dcrec.device.training.sasrec import SASRec, SASRecConfig, sequence_loss
+from dcrec.cloud.training.sasrec import SASRec, SASRecConfig, sequence_loss
 from dcrec.shared.data import pad_left
 from dcrec.shared.metrics import ranks_from_scores, summarize
 

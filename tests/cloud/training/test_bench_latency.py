@@ -6,8 +6,8 @@ from pathlib import Path
 
 from dcrec.cloud.backends import load_generator
 from dcrec.cloud.neighbours import build
-from dcrec.device.bench import bench_latency, format_rows
-from dcrec.device.training.train import load_sasrec
+from dcrec.cloud.training.bench_latency import bench_latency, format_rows
+from dcrec.cloud.training.train import load_sasrec
 
 
 def test_every_engine_and_the_local_list_are_timed(tmp_path: Path, device_model_dir: Path,

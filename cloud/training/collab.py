@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dcrec.cloud.generator import CandidateGenerator
-from dcrec.device.training import archs
-from dcrec.device.training.lists import (
+from dcrec.cloud.training import archs
+from dcrec.cloud.training.lists import (
     Prefixes,
     histories,
     prefixes,

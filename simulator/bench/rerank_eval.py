@@ -170,7 +170,7 @@ def evaluate(lists: OfflineLists, scorer: object | None, alpha: float = 0.5,
     """Metrics (HR/NDCG@5,10,20, MRR, request ratio) per variant.
 
     ``scorer`` has ``score_batch(histories (M, L), candidates (M, C)) -> (M, C)``
-    (:class:`~dcrec.device.training.collab.TorchScorer` or the runtime's
+    (:class:`~dcrec.cloud.training.collab.TorchScorer` or the runtime's
     :class:`~dcrec.device.reranker.OnnxReranker`); ``None`` evaluates the cloud alone.
     """
     t = lists.targets

@@ -7,9 +7,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from dcrec.cloud.training import archs  # noqa: E402
+from dcrec.cloud.training.export import export_onnx, parity_error, quantize_int8  # noqa: E402
 from dcrec.device.reranker import OnnxReranker  # noqa: E402
-from dcrec.device.training import archs  # noqa: E402
-from dcrec.device.training.export import export_onnx, parity_error, quantize_int8  # noqa: E402
 
 BEAUTY_ITEMS = 12101
 MAX_BYTES = 6 * 1024 * 1024
@@ -63,7 +63,7 @@ def test_sasrec_last_position_path_equals_the_full_encoder() -> None:
     """Scoring computes only the newest position in the final block; the answer is the same."""
     import torch
 
-    from dcrec.device.training.sasrec import SASRec, SASRecConfig
+    from dcrec.cloud.training.sasrec import SASRec, SASRecConfig
 
     torch.manual_seed(0)
     model = SASRec(SASRecConfig(n_items=300, layers=3)).eval()
@@ -81,8 +81,8 @@ def test_collab_loss_ignores_lists_that_miss_the_target() -> None:
     import torch
     import torch.nn.functional as F
 
-    from dcrec.device.training.collab import RerankTrainConfig, _loss
-    from dcrec.device.training.sasrec import SASRec, SASRecConfig
+    from dcrec.cloud.training.collab import RerankTrainConfig, _loss
+    from dcrec.cloud.training.sasrec import SASRec, SASRecConfig
 
     torch.manual_seed(0)
     model = SASRec(SASRecConfig(n_items=50, dim=16, layers=1, heads=1)).eval()
@@ -110,7 +110,7 @@ def test_sasrec_attention_heads_equal_the_reshaped_form() -> None:
     """Heads as column blocks give what reshaping into (B, heads, L, D/heads) gives."""
     import torch
 
-    from dcrec.device.training.sasrec import CausalSelfAttention, SASRecConfig
+    from dcrec.cloud.training.sasrec import CausalSelfAttention, SASRecConfig
 
     torch.manual_seed(0)
     att = CausalSelfAttention(SASRecConfig(n_items=10, dim=48, heads=3)).eval()

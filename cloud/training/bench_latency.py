@@ -37,7 +37,7 @@ class LatencyRow:
 def bench_latency(model: object, workdir: str | Path, candidates: int = 100, history: int = 50,
                   calls: int = 2000, warmup: int = 50, threads: int = 1,
                   seed: int = 0, neighbours: str | Path | None = None) -> list[LatencyRow]:
-    """Time ``model`` (a torch reranker from :mod:`dcrec.device.training.archs`) in every engine.
+    """Time ``model`` (a torch reranker from :mod:`dcrec.cloud.training.archs`) in every engine.
 
     ``neighbours``: a neighbour index file; adds a row for what the runtime does with it
     between requests (the local list of ``candidates`` items for the history, blended with
@@ -45,8 +45,8 @@ def bench_latency(model: object, workdir: str | Path, candidates: int = 100, his
     """
     import torch
 
+    from dcrec.cloud.training.export import export_onnx, quantize_int8
     from dcrec.device.reranker import OnnxReranker
-    from dcrec.device.training.export import export_onnx, quantize_int8
 
     torch.set_num_threads(threads)
     work = Path(workdir)
