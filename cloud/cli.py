@@ -26,7 +26,7 @@ from dcrec.shared.fileio import write_atomic
 
 
 def cmd_cloud_train(ns: argparse.Namespace) -> int:
-    from dcrec.cloud import backends
+    from dcrec.cloud.models import backends
 
     ds, split = load_split(ns.dataset, ns.cloud_fraction)
     start = time.perf_counter()
@@ -51,7 +51,7 @@ def _write_ready(path: str | None, port: int) -> None:
 
 def _batching(ns: argparse.Namespace):  # type: ignore[no-untyped-def]
     """The batch settings from the serve flags, or None (each call alone) for a max size of 1."""
-    from dcrec.cloud.batching import BatchConfig
+    from dcrec.cloud.serving.batching import BatchConfig
 
     if ns.batch_max_size == 1:
         return None
@@ -66,7 +66,7 @@ def _batching(ns: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _serve_replicas(ns: argparse.Namespace) -> int:
-    from dcrec.cloud.replicas import Replicas
+    from dcrec.cloud.serving.replicas import Replicas
 
     replicas = Replicas(ns, ns.processes, ns.address, ns.ready_file, ns.http_address,
                         ns.http_ready_file)
@@ -79,10 +79,10 @@ def _serve_replicas(ns: argparse.Namespace) -> int:
 
 
 def cmd_cloud_serve(ns: argparse.Namespace) -> int:
-    from dcrec.cloud.backends import load_generator
-    from dcrec.cloud.registry import CloudModelRegistry, ModelRegistry
-    from dcrec.cloud.server import ServerConfig, TlsConfig, serve
-    from dcrec.cloud.service import CandidateService, ServiceConfig
+    from dcrec.cloud.models.backends import load_generator
+    from dcrec.cloud.releases.registry import CloudModelRegistry, ModelRegistry
+    from dcrec.cloud.serving.server import ServerConfig, TlsConfig, serve
+    from dcrec.cloud.serving.service import CandidateService, ServiceConfig
 
     batching = _batching(ns)
     cert, key = _tls_paths(ns)
@@ -109,7 +109,7 @@ def cmd_cloud_serve(ns: argparse.Namespace) -> int:
     service = CandidateService(generator, ServiceConfig(ttl_seconds=ns.ttl))
     signer = None
     if ns.signing_key:
-        from dcrec.cloud.signing import Signer
+        from dcrec.cloud.releases.signing import Signer
 
         signer = Signer.from_file(ns.signing_key)
     trusted = None
@@ -124,7 +124,7 @@ def cmd_cloud_serve(ns: argparse.Namespace) -> int:
               "(give --trusted-key or --signing-key)", file=sys.stderr, flush=True)
     authority = None
     if ns.auth_secret:
-        from dcrec.cloud.auth import TokenAuthority
+        from dcrec.cloud.serving.auth import TokenAuthority
 
         authority = TokenAuthority.from_file(ns.auth_secret)
     tls = TlsConfig(cert, key, ns.tls_client_ca) if cert and key else None
@@ -136,7 +136,7 @@ def cmd_cloud_serve(ns: argparse.Namespace) -> int:
                           reflection=ns.reflection)
     http = None
     if ns.http_address:
-        from dcrec.cloud.http.runner import HttpConfig
+        from dcrec.cloud.serving.http.runner import HttpConfig
 
         # The HTTP port gets the gRPC port's TLS, mutual TLS included: no plaintext side door.
         http = HttpConfig(ns.http_address, cert, key, ns.tls_client_ca)
@@ -149,7 +149,7 @@ def cmd_cloud_serve(ns: argparse.Namespace) -> int:
         print(f"operator HTTP on port {port}", file=sys.stderr, flush=True)
         _write_ready(ns.http_ready_file, port)
 
-    from dcrec.cloud.device_telemetry import TelemetryConfig
+    from dcrec.cloud.serving.device_telemetry import TelemetryConfig
 
     serve(ns.address, service, registry, config, announce, authority=authority, http=http,
           cloud_registry=cloud_registry, on_http_ready=announce_http,
@@ -164,7 +164,7 @@ def _levels(ns: argparse.Namespace) -> tuple[int, ...]:
 
 
 def cmd_cloud_bench_hostile(ns: argparse.Namespace) -> int:
-    from dcrec.cloud.bench_hostile import HostileConfig, markdown, run
+    from dcrec.cloud.load.bench_hostile import HostileConfig, markdown, run
 
     cfg = HostileConfig(model_dir=Path(ns.model_dir), records=ns.records, clients=ns.clients,
                         duration_s=ns.duration, warmup_s=ns.warmup, rounds=ns.rounds,
@@ -176,7 +176,7 @@ def cmd_cloud_bench_hostile(ns: argparse.Namespace) -> int:
 
 
 def cmd_cloud_bench_serving(ns: argparse.Namespace) -> int:
-    from dcrec.cloud.bench_serving import BenchConfig, markdown, run
+    from dcrec.cloud.load.bench_serving import BenchConfig, markdown, run
 
     cfg = BenchConfig(model_dir=Path(ns.model_dir), levels=_levels(ns), duration_s=ns.duration,
                       warmup_s=ns.warmup, rounds=ns.rounds, batch_max_size=ns.batch_max_size,
@@ -190,7 +190,7 @@ def cmd_cloud_bench_serving(ns: argparse.Namespace) -> int:
 
 
 def cmd_cloud_publish(ns: argparse.Namespace) -> int:
-    from dcrec.cloud.registry import ModelRegistry
+    from dcrec.cloud.releases.registry import ModelRegistry
 
     config = json.loads(Path(ns.config).read_text()) if ns.config else {}
     registry = ModelRegistry(ns.registry, _signer(ns))
@@ -202,7 +202,7 @@ def cmd_cloud_publish(ns: argparse.Namespace) -> int:
 
 
 def cmd_cloud_publish_cloud(ns: argparse.Namespace) -> int:
-    from dcrec.cloud.registry import CloudModelRegistry
+    from dcrec.cloud.releases.registry import CloudModelRegistry
 
     version = CloudModelRegistry(ns.registry).publish(ns.model_dir, ns.version,
                                                       make_current=not ns.no_promote)
@@ -211,8 +211,8 @@ def cmd_cloud_publish_cloud(ns: argparse.Namespace) -> int:
 
 
 def cmd_cloud_neighbours(ns: argparse.Namespace) -> int:
-    from dcrec.cloud import backends
-    from dcrec.cloud.neighbours import build
+    from dcrec.cloud.models import backends
+    from dcrec.cloud.models.neighbours import build
 
     index = build(backends.load_generator(ns.model_dir), ns.neighbours)
     sha256 = index.save(ns.out)
@@ -225,13 +225,13 @@ def cmd_cloud_neighbours(ns: argparse.Namespace) -> int:
 def _signer(ns: argparse.Namespace):  # type: ignore[no-untyped-def]
     if not getattr(ns, "signing_key", None):
         return None
-    from dcrec.cloud.signing import Signer
+    from dcrec.cloud.releases.signing import Signer
 
     return Signer.from_file(ns.signing_key)
 
 
 def cmd_cloud_models(ns: argparse.Namespace) -> int:
-    from dcrec.cloud.registry import CloudModelRegistry, ModelRegistry
+    from dcrec.cloud.releases.registry import CloudModelRegistry, ModelRegistry
 
     reg = (ModelRegistry(ns.registry, _signer(ns)) if ns.kind == "device"
            else CloudModelRegistry(ns.registry))
@@ -251,7 +251,7 @@ def cmd_cloud_models(ns: argparse.Namespace) -> int:
 
 
 def cmd_cloud_token(ns: argparse.Namespace) -> int:
-    from dcrec.cloud.auth import TokenAuthority
+    from dcrec.cloud.serving.auth import TokenAuthority
 
     authority = TokenAuthority.from_file(ns.auth_secret)
     role = "device" if ns.device_id else "operator"  # argparse requires exactly one of the two
@@ -266,11 +266,11 @@ def cmd_cloud_keygen(ns: argparse.Namespace) -> int:
         if existing and Path(existing).exists():
             raise ValueError(f"{existing} exists; refusing to overwrite a key")
     if ns.auth_secret:
-        from dcrec.cloud.auth import write_secret
+        from dcrec.cloud.serving.auth import write_secret
 
         print(f"auth secret written to {write_secret(ns.auth_secret)}")
     if ns.signing_dir:
-        from dcrec.cloud.signing import write_keypair
+        from dcrec.cloud.releases.signing import write_keypair
 
         private, public = write_keypair(ns.signing_dir)
         print(f"signing key {private} (keep secret); devices trust {public}")

@@ -5,7 +5,7 @@ device's history moves on and the cached list goes stale. The index lets the
 device estimate the cloud's answer for the history it holds now without a
 request: for each item ``i`` the cloud's top ``K`` items (and scores) for the
 history ``[i]``, built once per cloud model by asking the cloud's own
-generator (:func:`dcrec.cloud.neighbours.build`), whatever its backend. On the
+generator (:func:`dcrec.cloud.models.neighbours.build`), whatever its backend. On the
 device a *local list* is the recency-weighted vote of the newest history
 items' rows, as an item-to-item recommender would produce it.
 

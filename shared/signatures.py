@@ -1,10 +1,10 @@
 """Checking Ed25519 signatures on device-model releases: one check for device and cloud.
 
 The operator's side signs :func:`dcrec.shared.contract.manifest_bytes` with a private
-key (:class:`dcrec.cloud.signing.Signer`). Whoever holds the public key checks the
+key (:class:`dcrec.cloud.releases.signing.Signer`). Whoever holds the public key checks the
 signature with :func:`check_signature`: the device before it installs a
 release (:mod:`dcrec.device.updates`), the server before it hands one out
-(:class:`dcrec.cloud.registry.ModelRegistry`), so a release rewritten by someone
+(:class:`dcrec.cloud.releases.registry.ModelRegistry`), so a release rewritten by someone
 who can write the registry folder but lacks the private key is never served.
 
 Example::

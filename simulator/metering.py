@@ -36,7 +36,7 @@ from dcrec.device.client import (
 from dcrec.shared.contract import CandidatesRequest, CandidatesResponse, DeviceModel
 
 if TYPE_CHECKING:
-    from dcrec.cloud.auth import TokenAuthority
+    from dcrec.cloud.serving.auth import TokenAuthority
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class CloudAccess:
 
 @functools.lru_cache(maxsize=4)
 def _authority(path: str) -> TokenAuthority:
-    from dcrec.cloud.auth import TokenAuthority
+    from dcrec.cloud.serving.auth import TokenAuthority
 
     return TokenAuthority.from_file(path)
 

@@ -33,7 +33,7 @@ def ml_split(ml100k: Dataset) -> TimeSplit:
 @pytest.fixture(scope="session")
 def cloud_model_dir(tmp_path_factory: pytest.TempPathFactory, ml100k: Dataset,
                     ml_split: TimeSplit) -> Path:
-    from dcrec.cloud import backends
+    from dcrec.cloud.models import backends
 
     out = tmp_path_factory.mktemp("cloud")
     backends.train("cooccurrence", ml100k, ml_split.cloud_sequences(), out)
@@ -59,7 +59,7 @@ def device_model_dir(tmp_path_factory: pytest.TempPathFactory, ml100k: Dataset,
 
 @pytest.fixture(scope="session")
 def registry_dir(tmp_path_factory: pytest.TempPathFactory, device_model_dir: Path) -> Path:
-    from dcrec.cloud.registry import ModelRegistry
+    from dcrec.cloud.releases.registry import ModelRegistry
 
     root = tmp_path_factory.mktemp("registry")
     config = json.loads((device_model_dir / "model.json").read_text())

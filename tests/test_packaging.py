@@ -43,7 +43,7 @@ def test_the_wheel_holds_one_namespace_typed_with_its_contract(wheel: Path) -> N
     for pkg in ("cloud", "device", "shared", "simulator"):
         assert f"dcrec/{pkg}/py.typed" in names
     for data in ("dcrec/protos/dcrec/v1/recommend.proto", "dcrec/shared/proto/dcrec/v1/recommend_pb2.pyi",
-                 "dcrec/simulator/scenarios/steady.toml", "dcrec/cloud/http/static/dashboard.html"):
+                 "dcrec/simulator/scenarios/steady.toml", "dcrec/cloud/serving/http/static/dashboard.html"):
         assert data in names, data
     assert not any(n.startswith(("dcrec/tests", "tests/")) for n in names)
 

@@ -70,7 +70,7 @@ def cmd_device_export(ns: argparse.Namespace) -> int:
         q = quantize_int8(out, out.with_name(out.stem + ".int8.onnx"))
         print(f"int8 variant {q} ({q.stat().st_size / 1e6:.2f} MB)")
     if ns.registry:
-        from dcrec.cloud.registry import ModelRegistry
+        from dcrec.cloud.releases.registry import ModelRegistry
 
         version = ModelRegistry(ns.registry).publish(out, config, neighbours=ns.neighbours)
         index = f" with the neighbour index {ns.neighbours}" if ns.neighbours else ""
@@ -93,7 +93,7 @@ def split_sequences(ns: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def load_cloud(ns: argparse.Namespace, ds, train):  # type: ignore[no-untyped-def]
-    from dcrec.cloud import backends
+    from dcrec.cloud.models import backends
 
     if ns.cloud_model:
         return backends.load_generator(ns.cloud_model)

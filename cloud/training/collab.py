@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcrec.cloud.generator import CandidateGenerator
+from dcrec.cloud.models.generator import CandidateGenerator
 from dcrec.cloud.training import archs
 from dcrec.cloud.training.lists import (
     Prefixes,
@@ -411,7 +411,7 @@ def backend_fitter(backend: str, dataset: object, workdir: str | Path,
     Each call writes a model directory under ``workdir`` (fold0, fold1, ...).
     Cheap for ``cooccurrence`` (seconds); a neural backend costs a training run per fold.
     """
-    from dcrec.cloud import backends
+    from dcrec.cloud.models import backends
 
     calls = [0]
 

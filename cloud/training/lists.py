@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dcrec.cloud.generator import CandidateGenerator
+from dcrec.cloud.models.generator import CandidateGenerator
 from dcrec.shared.data import pad_left
 from dcrec.shared.fileio import replacing
 

@@ -95,7 +95,7 @@ def cmd_eval_rerank(ns: argparse.Namespace) -> int:
 
 
 def cmd_cloud_eval(ns: argparse.Namespace) -> int:
-    from dcrec.cloud.backends import load_generator
+    from dcrec.cloud.models.backends import load_generator
     from dcrec.shared.data import load_dataset
     from dcrec.simulator.bench.cloud_eval import evaluate_loo, markdown
 

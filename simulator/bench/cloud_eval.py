@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dcrec.cloud.generator import CandidateGenerator
+from dcrec.cloud.models.generator import CandidateGenerator
 from dcrec.shared.data import Dataset
 from dcrec.shared.metrics import ranks_in_lists, summarize
 from dcrec.shared.splits import leave_one_out

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from dcrec.cloud import backends
+from dcrec.cloud.models import backends
 from dcrec.device.budget import TokenBucket
 from dcrec.device.fusion import blend_lists, fuse
 from dcrec.device.policy import DisagreementPolicy, PolicyInput
@@ -410,7 +410,7 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
     local_items = None
     alpha_stale: float | None = None  # chosen with the local list's weight when there is one
     if cfg.neighbours > 0:
-        from dcrec.cloud.neighbours import build
+        from dcrec.cloud.models.neighbours import build
 
         say(f"seed {seed}: neighbour indexes ({cfg.neighbours} per item) and local lists")
         # Validation's index comes from the cloud that never saw the validation targets.

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dcrec.cloud.generator import CandidateGenerator
+from dcrec.cloud.models.generator import CandidateGenerator
 from dcrec.device.budget import QuantileTracker, TokenBucket
 from dcrec.device.fusion import Scale
 from dcrec.shared.agreement import Measure, disagreement

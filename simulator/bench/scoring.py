@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dcrec.cloud.generator import CandidateGenerator
+from dcrec.cloud.models.generator import CandidateGenerator
 
 
 def cloud_lists(gen: CandidateGenerator, histories: Sequence[np.ndarray], count: int,

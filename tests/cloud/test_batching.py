@@ -11,17 +11,17 @@ import grpc
 import numpy as np
 import pytest
 
-from dcrec.cloud.backends import load_generator
-from dcrec.cloud.batching import (
+from dcrec.cloud.models.backends import load_generator
+from dcrec.cloud.models.generator import CandidateGenerator, CandidateList
+from dcrec.cloud.serving.batching import (
     BatchConfig,
     BatcherClosed,
     DeadlineExpired,
     DynamicBatcher,
     QueueFull,
 )
-from dcrec.cloud.generator import CandidateGenerator, CandidateList
-from dcrec.cloud.server import REPLICA_KEY, CloudServer, ServerConfig, build_server
-from dcrec.cloud.service import CandidateService, InvalidRequest
+from dcrec.cloud.serving.server import REPLICA_KEY, CloudServer, ServerConfig, build_server
+from dcrec.cloud.serving.service import CandidateService, InvalidRequest
 from dcrec.shared.convert import request_from_pb
 from dcrec.shared.proto.dcrec.v1 import recommend_pb2 as pb
 from dcrec.shared.proto.dcrec.v1 import recommend_pb2_grpc as pb_grpc

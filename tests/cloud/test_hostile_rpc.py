@@ -15,11 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dcrec.cloud.backends import load_generator
-from dcrec.cloud.device_telemetry import TelemetryConfig, TelemetryItem, TelemetrySink
-from dcrec.cloud.metrics import LABEL_VALUES, Telemetry
-from dcrec.cloud.server import CloudServer, ServerConfig, build_server
-from dcrec.cloud.service import CandidateService, ServiceConfig
+from dcrec.cloud.models.backends import load_generator
+from dcrec.cloud.serving.device_telemetry import TelemetryConfig, TelemetryItem, TelemetrySink
+from dcrec.cloud.serving.metrics import LABEL_VALUES, Telemetry
+from dcrec.cloud.serving.server import CloudServer, ServerConfig, build_server
+from dcrec.cloud.serving.service import CandidateService, ServiceConfig
 from dcrec.shared.proto.dcrec.v1 import recommend_pb2 as pb
 from dcrec.shared.proto.dcrec.v1 import recommend_pb2_grpc as pb_grpc
 

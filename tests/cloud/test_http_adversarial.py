@@ -23,15 +23,15 @@ schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 
-from dcrec.cloud.auth import TokenAuthority  # noqa: E402
-from dcrec.cloud.backends import load_generator  # noqa: E402
-from dcrec.cloud.events import DeviceEventLog  # noqa: E402
-from dcrec.cloud.generator import CandidateGenerator  # noqa: E402
-from dcrec.cloud.http.app import OpsState, create_app  # noqa: E402
-from dcrec.cloud.metrics import Telemetry  # noqa: E402
-from dcrec.cloud.registry import CloudModelRegistry, ModelRegistry  # noqa: E402
-from dcrec.cloud.service import CandidateService  # noqa: E402
-from dcrec.cloud.signing import Signer  # noqa: E402
+from dcrec.cloud.models.backends import load_generator  # noqa: E402
+from dcrec.cloud.models.generator import CandidateGenerator  # noqa: E402
+from dcrec.cloud.releases.registry import CloudModelRegistry, ModelRegistry  # noqa: E402
+from dcrec.cloud.releases.signing import Signer  # noqa: E402
+from dcrec.cloud.serving.auth import TokenAuthority  # noqa: E402
+from dcrec.cloud.serving.events import DeviceEventLog  # noqa: E402
+from dcrec.cloud.serving.http.app import OpsState, create_app  # noqa: E402
+from dcrec.cloud.serving.metrics import Telemetry  # noqa: E402
+from dcrec.cloud.serving.service import CandidateService  # noqa: E402
 
 EXAMPLES = 20  # per operation and generation mode: the module runs in well under a minute
 AUTH = TokenAuthority(b"a" * 32)

@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-from dcrec.cloud import backends
-from dcrec.cloud.generator import CandidateGenerator
-from dcrec.cloud.llm.backend import LLMConfig, load_model, load_tokenizer, local_model_dir
-from dcrec.cloud.llm.decode import BeamConfig, beam_search
-from dcrec.cloud.llm.finetune_lora import TrainConfig, finetune
-from dcrec.cloud.llm.lora import LoRAConfig, merge_saved_adapters, save_adapters
-from dcrec.cloud.llm.prompt import PromptBuilder, PromptConfig, tokenize_titles
-from dcrec.cloud.llm.runner import HFRunner, SharedPrefixRunner, make_runner
-from dcrec.cloud.llm.trie import ROOT, build_trie
+from dcrec.cloud.models import backends
+from dcrec.cloud.models.generator import CandidateGenerator
+from dcrec.cloud.models.llm.backend import LLMConfig, load_model, load_tokenizer, local_model_dir
+from dcrec.cloud.models.llm.decode import BeamConfig, beam_search
+from dcrec.cloud.models.llm.finetune_lora import TrainConfig, finetune
+from dcrec.cloud.models.llm.lora import LoRAConfig, merge_saved_adapters, save_adapters
+from dcrec.cloud.models.llm.prompt import PromptBuilder, PromptConfig, tokenize_titles
+from dcrec.cloud.models.llm.runner import HFRunner, SharedPrefixRunner, make_runner
+from dcrec.cloud.models.llm.trie import ROOT, build_trie
 from dcrec.shared.data import Dataset
 
 TITLES = [
@@ -247,7 +247,7 @@ def test_bad_options_fail_at_train_time(tmp_path: Path, synthetic_dataset: Datas
 
 
 def test_evaluation_counts_invalid_and_duplicate_ids() -> None:
-    from dcrec.cloud.llm.evaluate import check_lists
+    from dcrec.cloud.models.llm.evaluate import check_lists
 
     lists = np.array([[1, 2, 3, 0], [5, 5, 99, -1], [4, 0, 0, 0]])
     assert check_lists(lists, n_items=10) == (2, 1)  # 99 and -1 invalid; 5 twice

@@ -14,12 +14,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from dcrec.cloud.auth import AuthError, TokenAuthority
-from dcrec.cloud.backends import load_generator
 from dcrec.cloud.cli import parse_duration
-from dcrec.cloud.registry import ModelRegistry
-from dcrec.cloud.server import CloudServer, ServerConfig, TlsConfig, build_server
-from dcrec.cloud.service import CandidateService
+from dcrec.cloud.models.backends import load_generator
+from dcrec.cloud.releases.registry import ModelRegistry
+from dcrec.cloud.serving.auth import AuthError, TokenAuthority
+from dcrec.cloud.serving.server import CloudServer, ServerConfig, TlsConfig, build_server
+from dcrec.cloud.serving.service import CandidateService
 from dcrec.device.client import ClientTls, CloudClient, CloudUnauthorized, CloudUnavailable
 from dcrec.shared.contract import CandidatesRequest
 from dcrec.shared.proto.dcrec.v1 import recommend_pb2 as pb

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from dcrec.cloud.auth import TokenAuthority
-from dcrec.cloud.registry import ModelRegistry
+from dcrec.cloud.releases.registry import ModelRegistry
+from dcrec.cloud.serving.auth import TokenAuthority
 from dcrec.device.updates import load_trusted_keys, verify
 from dcrec.shared.cli import main
 

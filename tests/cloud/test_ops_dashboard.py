@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dcrec.cloud.auth import TokenAuthority
-from dcrec.cloud.backends import load_generator
-from dcrec.cloud.events import DeviceEventLog
-from dcrec.cloud.http.app import OpsState
-from dcrec.cloud.http.runner import HttpConfig, HttpServer
-from dcrec.cloud.metrics import Telemetry
-from dcrec.cloud.registry import ModelRegistry
-from dcrec.cloud.server import build_server
-from dcrec.cloud.service import CandidateService
+from dcrec.cloud.models.backends import load_generator
+from dcrec.cloud.releases.registry import ModelRegistry
+from dcrec.cloud.serving.auth import TokenAuthority
+from dcrec.cloud.serving.events import DeviceEventLog
+from dcrec.cloud.serving.http.app import OpsState
+from dcrec.cloud.serving.http.runner import HttpConfig, HttpServer
+from dcrec.cloud.serving.metrics import Telemetry
+from dcrec.cloud.serving.server import build_server
+from dcrec.cloud.serving.service import CandidateService
 from dcrec.device.client import CloudClient
 from dcrec.shared.contract import CandidatesRequest, Reason
 

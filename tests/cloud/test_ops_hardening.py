@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from dcrec.cloud.backends import load_generator
-from dcrec.cloud.generator import CandidateGenerator, CandidateList
-from dcrec.cloud.server import SERVICE_NAME, CloudServer, ServerConfig, build_server
-from dcrec.cloud.service import CandidateService, ServiceConfig
+from dcrec.cloud.models.backends import load_generator
+from dcrec.cloud.models.generator import CandidateGenerator, CandidateList
+from dcrec.cloud.serving.server import SERVICE_NAME, CloudServer, ServerConfig, build_server
+from dcrec.cloud.serving.service import CandidateService, ServiceConfig
 from dcrec.shared.proto.dcrec.v1 import recommend_pb2 as pb
 from dcrec.shared.proto.dcrec.v1 import recommend_pb2_grpc as pb_grpc
 
@@ -121,7 +121,7 @@ def test_out_of_range_fields_name_the_field(make_server, req, field) -> None:  #
 
 def test_a_crashing_handler_never_leaks_its_message(make_server, caplog) -> None:  # type: ignore[no-untyped-def]
     cs, channel = make_server(before=_boom)
-    with caplog.at_level(logging.ERROR, logger="dcrec.cloud.interceptors"):
+    with caplog.at_level(logging.ERROR, logger="dcrec.cloud.serving.interceptors"):
         with pytest.raises(grpc.RpcError) as e:
             pb_grpc.RecommenderStub(channel).GetCandidates(request([1, 2]), timeout=5)
     assert e.value.code() == grpc.StatusCode.INTERNAL

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from dcrec.cloud.auth import TokenAuthority
-from dcrec.cloud.backends import load_generator
-from dcrec.cloud.events import DeviceEventLog
-from dcrec.cloud.http.app import STATIC, OpsState
-from dcrec.cloud.http.headers import SECURITY_HEADERS
-from dcrec.cloud.http.runner import HttpConfig, HttpServer
-from dcrec.cloud.metrics import Telemetry
-from dcrec.cloud.registry import ModelRegistry
-from dcrec.cloud.service import CandidateService
+from dcrec.cloud.models.backends import load_generator
+from dcrec.cloud.releases.registry import ModelRegistry
+from dcrec.cloud.serving.auth import TokenAuthority
+from dcrec.cloud.serving.events import DeviceEventLog
+from dcrec.cloud.serving.http.app import STATIC, OpsState
+from dcrec.cloud.serving.http.headers import SECURITY_HEADERS
+from dcrec.cloud.serving.http.runner import HttpConfig, HttpServer
+from dcrec.cloud.serving.metrics import Telemetry
+from dcrec.cloud.serving.service import CandidateService
 
 EXPECTED = {
     "content-security-policy": "default-src 'self'; script-src 'self'; style-src 'self'; "

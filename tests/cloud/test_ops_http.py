@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dcrec.cloud.auth import TokenAuthority
-from dcrec.cloud.backends import load_generator
-from dcrec.cloud.http.app import OpsState
-from dcrec.cloud.http.runner import HttpConfig, HttpServer
-from dcrec.cloud.registry import CloudModelRegistry, ModelRegistry
-from dcrec.cloud.server import CloudServer, build_server
-from dcrec.cloud.service import CandidateService
-from dcrec.cloud.signing import Signer
+from dcrec.cloud.models.backends import load_generator
+from dcrec.cloud.releases.registry import CloudModelRegistry, ModelRegistry
+from dcrec.cloud.releases.signing import Signer
+from dcrec.cloud.serving.auth import TokenAuthority
+from dcrec.cloud.serving.http.app import OpsState
+from dcrec.cloud.serving.http.runner import HttpConfig, HttpServer
+from dcrec.cloud.serving.server import CloudServer, build_server
+from dcrec.cloud.serving.service import CandidateService
 from dcrec.device.client import CloudClient
 from dcrec.device.updates import TrustedKeys, update
 from dcrec.shared.contract import CandidatesRequest, Reason

@@ -25,10 +25,10 @@ HOLD_S = 1.5  # each call takes this long once all 20 are in, well inside the gr
 SERVER = textwrap.dedent("""
     import sys, threading, time
     from pathlib import Path
-    from dcrec.cloud.backends import load_generator
-    from dcrec.cloud.http.runner import HttpConfig
-    from dcrec.cloud.server import ServerConfig, serve
-    from dcrec.cloud.service import CandidateService
+    from dcrec.cloud.models.backends import load_generator
+    from dcrec.cloud.serving.http.runner import HttpConfig
+    from dcrec.cloud.serving.server import ServerConfig, serve
+    from dcrec.cloud.serving.service import CandidateService
 
     model_dir, ready, inflight_file, hold, grace = sys.argv[1:6]
     inner = load_generator(model_dir)

@@ -20,10 +20,10 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from dcrec.cloud.auth import TokenAuthority
-from dcrec.cloud.backends import load_generator
-from dcrec.cloud.server import SERVICE_NAME, CloudServer, ServerConfig, build_server
-from dcrec.cloud.service import CandidateService
+from dcrec.cloud.models.backends import load_generator
+from dcrec.cloud.serving.auth import TokenAuthority
+from dcrec.cloud.serving.server import SERVICE_NAME, CloudServer, ServerConfig, build_server
+from dcrec.cloud.serving.service import CandidateService
 from dcrec.shared.contract import CandidatesRequest
 from dcrec.shared.convert import request_to_pb
 from dcrec.shared.proto.dcrec.v1 import recommend_pb2_grpc as pb_grpc

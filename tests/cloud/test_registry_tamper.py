@@ -27,17 +27,17 @@ import grpc
 import numpy as np
 import pytest
 
-from dcrec.cloud.backends import load_generator
-from dcrec.cloud.registry import (
+from dcrec.cloud.models.backends import load_generator
+from dcrec.cloud.releases.registry import (
     ModelRegistry,
     RegistryError,
     RegistryUnreadable,
     ReleaseRefused,
     Releases,
 )
-from dcrec.cloud.server import CloudServer, build_server
-from dcrec.cloud.service import CandidateService
-from dcrec.cloud.signing import Signer, write_keypair
+from dcrec.cloud.releases.signing import Signer, write_keypair
+from dcrec.cloud.serving.server import CloudServer, build_server
+from dcrec.cloud.serving.service import CandidateService
 from dcrec.device.updates import verify
 from dcrec.shared.contract import manifest_bytes
 from dcrec.shared.neighbours import NeighbourIndex
@@ -231,7 +231,7 @@ def test_a_tampered_release_is_never_served(name: str, root: Path, serve, caplog
     tamper, why = TAMPERED[name]
     tamper(root)
     stub = serve(ModelRegistry(root, trusted=SIGNER.trusted()))  # the public key only
-    with caplog.at_level(logging.ERROR, logger="dcrec.cloud.server"), pytest.raises(grpc.RpcError) as e:
+    with caplog.at_level(logging.ERROR, logger="dcrec.cloud.serving.server"), pytest.raises(grpc.RpcError) as e:
         fetch(stub)
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION, name
     assert "failed signature verification" in e.value.details() and why in e.value.details(), \
@@ -397,11 +397,11 @@ def test_the_server_answers_unavailable_for_a_torn_release(root: Path, serve, ca
     stub = serve(ModelRegistry(root, trusted=SIGNER.trusted()))
     assert fetch(stub).sequence == 1
     (root / "RELEASE.json").write_text('{"version": "d1", "sequ')
-    with caplog.at_level(logging.ERROR, logger="dcrec.cloud.server"), pytest.raises(grpc.RpcError) as e:
+    with caplog.at_level(logging.ERROR, logger="dcrec.cloud.serving.server"), pytest.raises(grpc.RpcError) as e:
         fetch(stub)
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
     assert e.value.details() == "device model registry unavailable"  # paths stay in the log
-    [logged] = [r for r in caplog.records if r.name == "dcrec.cloud.server"]
+    [logged] = [r for r in caplog.records if r.name == "dcrec.cloud.serving.server"]
     assert "RELEASE.json: not valid JSON" in logged.getMessage() and logged.exc_info is None
 
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from dcrec.cloud.backends import load_generator
-from dcrec.cloud.registry import ModelRegistry
-from dcrec.cloud.server import SERVICE_NAME, create_server, shutdown
-from dcrec.cloud.service import CandidateService, ServiceConfig
+from dcrec.cloud.models.backends import load_generator
+from dcrec.cloud.releases.registry import ModelRegistry
+from dcrec.cloud.serving.server import SERVICE_NAME, create_server, shutdown
+from dcrec.cloud.serving.service import CandidateService, ServiceConfig
 from dcrec.shared.proto.dcrec.v1 import recommend_pb2 as pb
 from dcrec.shared.proto.dcrec.v1 import recommend_pb2_grpc as pb_grpc
 
@@ -111,9 +111,9 @@ def test_many_concurrent_clients_get_distinct_list_ids(server) -> None:  # type:
 
 
 def test_an_empty_event_log_given_to_the_server_is_the_one_it_uses(cloud_model_dir: Path) -> None:
-    from dcrec.cloud.events import DeviceEventLog
-    from dcrec.cloud.metrics import Telemetry
-    from dcrec.cloud.server import RecommenderServicer, build_server
+    from dcrec.cloud.serving.events import DeviceEventLog
+    from dcrec.cloud.serving.metrics import Telemetry
+    from dcrec.cloud.serving.server import RecommenderServicer, build_server
 
     events, telemetry = DeviceEventLog(), Telemetry()
     assert not events  # empty, so falsy: `events or DeviceEventLog()` used to swap it for another

@@ -12,9 +12,9 @@ import grpc
 import numpy as np
 import pytest
 
-from dcrec.cloud.backends import load_generator
-from dcrec.cloud.bench_serving import markdown, summarize
-from dcrec.cloud.server import REPLICA_KEY
+from dcrec.cloud.load.bench_serving import markdown, summarize
+from dcrec.cloud.models.backends import load_generator
+from dcrec.cloud.serving.server import REPLICA_KEY
 from dcrec.shared.cli import main
 from dcrec.shared.data import Dataset
 from dcrec.shared.proto.dcrec.v1 import recommend_pb2 as pb
@@ -99,10 +99,10 @@ def test_eval_refuses_a_model_of_another_data_set(cloud_model_dir: Path,
 
 
 def test_load_generator_and_bench_summary(cloud_model_dir: Path) -> None:
-    from dcrec.cloud import loadgen
-    from dcrec.cloud.batching import BatchConfig
-    from dcrec.cloud.server import ServerConfig, build_server
-    from dcrec.cloud.service import CandidateService
+    from dcrec.cloud.load import loadgen
+    from dcrec.cloud.serving.batching import BatchConfig
+    from dcrec.cloud.serving.server import ServerConfig, build_server
+    from dcrec.cloud.serving.service import CandidateService
 
     cs = build_server("127.0.0.1:0", CandidateService(load_generator(cloud_model_dir)),
                       config=ServerConfig(insecure=True, max_workers=16,

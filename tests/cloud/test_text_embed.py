@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dcrec.cloud.text_embed import EMBED_DIM, MODEL_ID, MiniLMEncoder, cache_key, embed_texts
+from dcrec.cloud.models.text_embed import EMBED_DIM, MODEL_ID, MiniLMEncoder, cache_key, embed_texts
 
 TEXTS = [
     "OPI Nail Lacquer, Ruby Red | Beauty, Makeup, Nails, Nail Polish | OPI",

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from dcrec.cloud import backends
-from dcrec.cloud.generator import CandidateGenerator
-from dcrec.cloud.textrec.backend import (
+from dcrec.cloud.models import backends
+from dcrec.cloud.models.generator import CandidateGenerator
+from dcrec.cloud.models.textrec.backend import (
     TextRecGenerator,
     holdout_valid,
     load_generator,
     split_options,
 )
-from dcrec.cloud.textrec.model import TextRecConfig
+from dcrec.cloud.models.textrec.model import TextRecConfig
 from dcrec.shared.data import Dataset
 
 SMALL = {"dim": 32, "n_heads": 2, "n_layers": 1, "max_len": 10, "dropout": 0.1,

@@ -20,13 +20,13 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from dcrec.cloud.backends import load_generator
-from dcrec.cloud.events import DeviceEventLog
-from dcrec.cloud.http.app import OpsState
-from dcrec.cloud.http.runner import HttpConfig, HttpServer
-from dcrec.cloud.metrics import Telemetry
-from dcrec.cloud.server import CloudServer, ServerConfig, TlsConfig, build_server
-from dcrec.cloud.service import CandidateService
+from dcrec.cloud.models.backends import load_generator
+from dcrec.cloud.serving.events import DeviceEventLog
+from dcrec.cloud.serving.http.app import OpsState
+from dcrec.cloud.serving.http.runner import HttpConfig, HttpServer
+from dcrec.cloud.serving.metrics import Telemetry
+from dcrec.cloud.serving.server import CloudServer, ServerConfig, TlsConfig, build_server
+from dcrec.cloud.serving.service import CandidateService
 from dcrec.device.client import ClientTls, CloudClient, CloudUnavailable
 from dcrec.shared.contract import CandidatesRequest
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dcrec.cloud.registry import ModelRegistry
+from dcrec.cloud.releases.registry import ModelRegistry
 from dcrec.device.bench_event import Release, bench_event, format_report
 from dcrec.shared.cli import main
 from dcrec.shared.data import Dataset

@@ -27,11 +27,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dcrec.cloud.backends import load_generator, train
-from dcrec.cloud.neighbours import build
-from dcrec.cloud.registry import ModelRegistry
-from dcrec.cloud.server import CloudServer, build_server
-from dcrec.cloud.service import CandidateService
+from dcrec.cloud.models.backends import load_generator, train
+from dcrec.cloud.models.neighbours import build
+from dcrec.cloud.releases.registry import ModelRegistry
+from dcrec.cloud.serving.server import CloudServer, build_server
+from dcrec.cloud.serving.service import CandidateService
 from dcrec.device.client import CloudClient
 from dcrec.device.migrations import SCHEMA_VERSION
 from dcrec.device.policy import NeverPolicy

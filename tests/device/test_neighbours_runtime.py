@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dcrec.cloud.backends import load_generator
-from dcrec.cloud.neighbours import build
-from dcrec.cloud.registry import ModelRegistry, RegistryError
-from dcrec.cloud.server import build_server
-from dcrec.cloud.service import CandidateService
+from dcrec.cloud.models.backends import load_generator
+from dcrec.cloud.models.neighbours import build
+from dcrec.cloud.releases.registry import ModelRegistry, RegistryError
+from dcrec.cloud.serving.server import build_server
+from dcrec.cloud.serving.service import CandidateService
 from dcrec.device.client import CloudClient
 from dcrec.device.fusion import fuse
 from dcrec.device.policy import NeverPolicy

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dcrec.cloud.backends import load_generator
-from dcrec.cloud.registry import ModelRegistry
-from dcrec.cloud.server import create_server
-from dcrec.cloud.service import CandidateService
+from dcrec.cloud.models.backends import load_generator
+from dcrec.cloud.releases.registry import ModelRegistry
+from dcrec.cloud.serving.server import create_server
+from dcrec.cloud.serving.service import CandidateService
 from dcrec.device.client import Backoff, CloudClient
 from dcrec.device.policy import AlwaysPolicy, DisagreementPolicy, NeverPolicy
 from dcrec.device.reranker import OnnxReranker

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from dcrec.cloud.backends import load_generator
-from dcrec.cloud.registry import ModelRegistry
-from dcrec.cloud.server import CloudServer, build_server
-from dcrec.cloud.service import CandidateService
-from dcrec.cloud.signing import Signer
+from dcrec.cloud.models.backends import load_generator
+from dcrec.cloud.releases.registry import ModelRegistry
+from dcrec.cloud.releases.signing import Signer
+from dcrec.cloud.serving.server import CloudServer, build_server
+from dcrec.cloud.serving.service import CandidateService
 from dcrec.device.client import CloudClient
 from dcrec.device.policy import NeverPolicy
 from dcrec.device.runtime import DeviceRuntime

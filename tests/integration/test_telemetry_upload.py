@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from dcrec.cloud.backends import load_generator
-from dcrec.cloud.device_telemetry import TelemetryConfig, TelemetryItem, TelemetrySink
-from dcrec.cloud.metrics import Telemetry
-from dcrec.cloud.server import CloudServer, ServerConfig, build_server
-from dcrec.cloud.service import CandidateService, InvalidRequest, ServiceConfig
+from dcrec.cloud.models.backends import load_generator
+from dcrec.cloud.serving.device_telemetry import TelemetryConfig, TelemetryItem, TelemetrySink
+from dcrec.cloud.serving.metrics import Telemetry
+from dcrec.cloud.serving.server import CloudServer, ServerConfig, build_server
+from dcrec.cloud.serving.service import CandidateService, InvalidRequest, ServiceConfig
 from dcrec.device.client import Backoff, CloudClient
 from dcrec.device.policy import NeverPolicy
 from dcrec.device.runtime import DeviceRuntime

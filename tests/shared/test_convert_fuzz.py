@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dcrec.cloud.service import CandidateService, InvalidRequest, ServiceConfig
+from dcrec.cloud.serving.service import CandidateService, InvalidRequest, ServiceConfig
 from dcrec.shared.contract import CandidatesRequest, CandidatesResponse, DeviceModel, Reason
 from dcrec.shared.convert import (
     model_from_pb,

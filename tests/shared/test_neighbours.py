@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dcrec.cloud.backends import load_generator
-from dcrec.cloud.neighbours import build
+from dcrec.cloud.models.backends import load_generator
+from dcrec.cloud.models.neighbours import build
 from dcrec.device.fusion import blend_lists
 from dcrec.shared.neighbours import NeighbourIndex, NeighbourIndexError
 

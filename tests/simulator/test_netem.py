@@ -102,9 +102,9 @@ def test_profile_validation() -> None:
 
 def test_grpc_through_the_proxy(cloud_model_dir: Path, ml_split) -> None:  # type: ignore[no-untyped-def]
     """HTTP/2 gRPC passes transparently, with latency, and fails while the link is down."""
-    from dcrec.cloud.backends import load_generator
-    from dcrec.cloud.server import create_server
-    from dcrec.cloud.service import CandidateService
+    from dcrec.cloud.models.backends import load_generator
+    from dcrec.cloud.serving.server import create_server
+    from dcrec.cloud.serving.service import CandidateService
     from dcrec.device.client import CloudClient, CloudUnavailable
     from dcrec.shared.contract import CandidatesRequest
 

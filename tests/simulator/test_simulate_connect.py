@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from dcrec.cloud.auth import TokenAuthority, write_secret
-from dcrec.cloud.backends import load_generator
-from dcrec.cloud.server import ServerConfig, TlsConfig, build_server
-from dcrec.cloud.service import CandidateService
+from dcrec.cloud.models.backends import load_generator
+from dcrec.cloud.serving.auth import TokenAuthority, write_secret
+from dcrec.cloud.serving.server import ServerConfig, TlsConfig, build_server
+from dcrec.cloud.serving.service import CandidateService
 from dcrec.device.client import ClientTls
 from dcrec.shared.cli import main
 from dcrec.simulator.fleet_run import fetch_reranker, run_fleet

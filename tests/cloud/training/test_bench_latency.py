@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dcrec.cloud.backends import load_generator
-from dcrec.cloud.neighbours import build
+from dcrec.cloud.models.backends import load_generator
+from dcrec.cloud.models.neighbours import build
 from dcrec.cloud.training.bench_latency import bench_latency, format_rows
 from dcrec.cloud.training.train import load_sasrec
 

@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dcrec.cloud.cooccurrence import CooccurrenceConfig, CooccurrenceGenerator, fit  # noqa: E402
+from dcrec.cloud.models.cooccurrence import CooccurrenceConfig, CooccurrenceGenerator, fit  # noqa: E402
 from dcrec.cloud.training import archs  # noqa: E402
 from dcrec.cloud.training.collab import (  # noqa: E402
     RerankTrainConfig,

@@ -1,1 +1,0 @@
-"""The cloud's operator HTTP surface: see :mod:`dcrec.cloud.http.app`."""

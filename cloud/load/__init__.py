@@ -1,0 +1,1 @@
+"""Load tools: the load generator and the serving and hostile-traffic benchmarks."""

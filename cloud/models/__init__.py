@@ -1,0 +1,1 @@
+"""The cloud's recommenders: the CandidateGenerator protocol, the backends by name, and each backend (co-occurrence, the text-aware transformer, the generative LLM), with the neighbour index built from a model."""
