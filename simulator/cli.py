@@ -36,7 +36,7 @@ def _access(ns: argparse.Namespace):  # type: ignore[no-untyped-def]
 def cmd_simulate(ns: argparse.Namespace) -> int:
     if ns.scenario:
         return cmd_scenario(ns)
-    from dcrec.simulator.run import SimulationSpec, print_table, run_simulations
+    from dcrec.simulator.run import SimulationSpec, format_table, run_simulations
 
     if not ns.cloud_model and not ns.connect:
         raise UsageError("give --cloud-model (to start a server) or --connect host:port")
@@ -47,8 +47,8 @@ def cmd_simulate(ns: argparse.Namespace) -> int:
                           policies=ns.policy,
                           threshold=ns.threshold, alpha=ns.alpha, max_users=ns.users,
                           ttl=ns.ttl)
-    results = run_simulations(spec)
-    print_table(results)
+    results = run_simulations(spec, say=lambda line: print(line, file=sys.stderr))
+    print(format_table(results))
     return 0
 
 

@@ -22,6 +22,10 @@ from pathlib import Path
 from dcrec.shared.cli import main as cli
 
 
+def _say(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def _step(title: str) -> float:
     print(f"\n== {title}", file=sys.stderr, flush=True)
     return time.perf_counter()
@@ -54,7 +58,7 @@ def run_demo(workdir: Path, dataset: str = "ml-100k", quick: bool = False) -> in
                           registry=workdir / "registry", workdir=workdir / "sim",
                           policies=["never", "disagreement", "always"],
                           max_users=50 if quick else None)
-    results = run_simulations(spec)
+    results = run_simulations(spec, say=_say)
     _step("5/5 release the model again with the cloud's neighbour index; simulate never / disagreement")
     if cli(["cloud", "neighbours", "--model-dir", str(workdir / "cloud"),
             "--out", str(workdir / "neighbours.npz")]):
@@ -66,7 +70,7 @@ def run_demo(workdir: Path, dataset: str = "ml-100k", quick: bool = False) -> in
         return 1
     shutil.rmtree(workdir / "sim-neighbours", ignore_errors=True)  # devices fetch the new release
     again = run_simulations(replace(spec, workdir=workdir / "sim-neighbours",
-                                    policies=["never", "disagreement"]))
+                                    policies=["never", "disagreement"]), say=_say)
     results += [replace(r, policy=f"{r.policy} + neighbour index") for r in again]
     table = format_table(results)
     (workdir / "summary.md").write_text(table + "\n")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -35,12 +35,13 @@ class SimulationSpec:
     ttl: float = 86400.0
 
 
-def run_simulations(spec: SimulationSpec) -> list[ReplayResult]:
+def run_simulations(spec: SimulationSpec, say: Callable[[str], None] = log.info) -> list[ReplayResult]:
+    """One replay per policy; ``say`` gets the progress lines (the command line shows them)."""
     if not spec.connect and not spec.cloud_model:
         raise ValueError("give --cloud-model (to start a server) or --connect host:port")
     ds = load_dataset(spec.dataset)
     split = time_split(ds, spec.cloud_fraction)
-    print(f"simulate: {ds.describe()}; {len(split.stream)} stream events", file=sys.stderr)
+    say(f"simulate: {ds.describe()}; {len(split.stream)} stream events")
     server = None
     if not spec.connect:
         assert spec.cloud_model is not None
@@ -52,8 +53,8 @@ def run_simulations(spec: SimulationSpec) -> list[ReplayResult]:
         # be reached or refuses the credentials; None is a cloud that hands out no model.
         reranker = fetch_reranker(address, Path(spec.workdir) / "model", spec.access)
         if reranker is None:
-            print(f"simulate: the cloud at {address} hands out no device model; devices show "
-                  "the cloud's order", file=sys.stderr)
+            say(f"simulate: the cloud at {address} hands out no device model; devices show "
+                "the cloud's order")
         for policy in spec.policies or ["disagreement"]:
             bar = Progress(f"simulate {policy:>12}", 1)
 
@@ -85,6 +86,3 @@ def format_table(results: list[ReplayResult], k: int = 10) -> str:
                      f"{s['events_per_s']:.0f} | {r.devices} | {reasons} |")
     return "\n".join(lines)
 
-
-def print_table(results: list[ReplayResult]) -> None:
-    print(format_table(results))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,6 +174,5 @@ def run_scenario(sc: Scenario, models: Models, out: Path, shards: int = 1,
         if proc is not None:
             proc.stop()
     outcome.report = write_report(out, sc, outcome.results, outcome.checks)
-    print(f"report: {outcome.report}", file=sys.stderr)
     _refuse_empty(sc, outcome.results, outcome.report)
     return outcome

@@ -38,3 +38,25 @@ def test_device_modules_never_import_torch() -> None:
     offenders = [p.relative_to(REPO).as_posix() for p in (REPO / "device").rglob("*.py")
                  if "import torch" in p.read_text()]
     assert not offenders
+
+
+def test_library_code_does_not_print() -> None:
+    # Output is the command line's: cli.py modules, the CLI helpers, the demo command, and
+    # the main() of modules that are also scripts. Library code returns, logs or takes a callback.
+    import ast
+
+    allowed_files = {"shared/cliutil.py", "simulator/demo.py"}
+    offenders = []
+    for pkg in ("cloud", "device", "shared", "simulator"):
+        for path in (REPO / pkg).rglob("*.py"):
+            rel = path.relative_to(REPO).as_posix()
+            if path.name == "cli.py" or rel in allowed_files or rel.startswith("shared/proto/"):
+                continue
+            tree = ast.parse(path.read_text())
+            for fn in ast.walk(tree):
+                if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) or fn.name == "main":
+                    continue
+                for node in ast.walk(fn):
+                    if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print":
+                        offenders.append(f"{rel}:{node.lineno} in {fn.name}()")
+    assert sorted(set(offenders)) == []

@@ -622,8 +622,18 @@ def _tasks(cfg: QualityConfig) -> list[tuple[int, str | None]]:
     return sorted(tasks, key=lambda t: (t[1] == "most-popular", t[1] is not None))
 
 
-def _stderr_say(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+_progress = logging.getLogger("dcrec.simulator.bench.progress")
+
+
+def _worker_progress() -> Callable[[str], None]:
+    """A spawned worker's progress lines, to stderr like the parent's (its entry point sets this up)."""
+    if not _progress.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", datefmt="%H:%M:%S"))
+        _progress.addHandler(handler)
+        _progress.setLevel(logging.INFO)
+        _progress.propagate = False
+    return _progress.info
 
 
 def _run_task(cfg: QualityConfig, task: tuple[int, str | None], say: Callable[[str], None],
@@ -638,7 +648,7 @@ def _run_task(cfg: QualityConfig, task: tuple[int, str | None], say: Callable[[s
 def _worker(cfg: QualityConfig, task: tuple[int, str | None]) -> tuple[list[Row], dict[str, Any] | None]:
     if cfg.threads is None:
         os.environ.setdefault("OMP_NUM_THREADS", str(cfg.torch_threads()))
-    return _run_task(cfg, task, _stderr_say)
+    return _run_task(cfg, task, _worker_progress())
 
 
 def run(cfg: QualityConfig, say: Callable[[str], None] = lambda s: None
