@@ -30,7 +30,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import (
     HTMLResponse,
     JSONResponse,
@@ -197,36 +197,55 @@ def _error_handlers(app: FastAPI) -> None:
 
 
 def create_app(state: OpsState) -> FastAPI:
+    """The app: middleware, error handlers, and one router per resource."""
     # /docs is served below with its assets from here; no ReDoc (it needs inline styles).
     app = FastAPI(title="dcrec cloud operations", version="1", docs_url=None, redoc_url=None,
                   description="Health, metrics, model registry and the fleet page.")
     app.add_middleware(BodyLimit, max_bytes=state.max_body_bytes)
     app.add_middleware(SecurityHeaders)  # added last, so outermost: the 413s carry them too
     _error_handlers(app)
+    operator = Annotated[str, Depends(_operator(state.authority))]
     auth = _AUTH_RESPONSES if state.authority is not None else {}
+    models = _Models(state)
+    for router in (_health_routes(state), _metrics_routes(state),
+                   _fleet_routes(state, models, operator, auth), _model_routes(models, operator, auth)):
+        app.include_router(router)
+    _pages(app)
+    return app
 
-    def registry(kind: Kind) -> Releases:
-        reg = state.cloud_registry if kind is Kind.cloud else state.device_registry
+
+class _Models:
+    """The cloud and device model registries as the API sees them (either may be absent)."""
+
+    def __init__(self, state: OpsState) -> None:
+        self.state = state
+
+    def _reg(self, kind: Kind) -> Releases | None:
+        return self.state.cloud_registry if kind is Kind.cloud else self.state.device_registry
+
+    def registry(self, kind: Kind) -> Releases:
+        reg = self._reg(kind)
         if reg is None:
             raise HTTPException(404, f"this server has no {kind.value} model registry")
         return reg
 
-    def live(kind: Kind) -> str | None:
-        reg = state.cloud_registry if kind is Kind.cloud else state.device_registry
+    def live(self, kind: Kind) -> str | None:
+        reg = self._reg(kind)
         if reg is None:
-            return state.service.generator.version if kind is Kind.cloud else None
+            return self.state.service.generator.version if kind is Kind.cloud else None
         return reg.current_version()
 
-    def describe(kind: Kind) -> dict[str, Any]:
-        reg = state.cloud_registry if kind is Kind.cloud else state.device_registry
+    def describe(self, kind: Kind) -> dict[str, Any]:
+        reg = self._reg(kind)
         if reg is None:
-            return {"registry": False, "current": live(kind), "sequence": 0, "versions": [],
+            return {"registry": False, "current": self.live(kind), "sequence": 0, "versions": [],
                     "history": []}
         return {"registry": True, "current": reg.current_version(),
                 "sequence": reg.current_sequence(), "versions": reg.describe(),
                 "history": reg.history()[-20:]}
 
-    def release(kind: Kind, reg: Releases, version: str, action: str) -> Release:
+    def release(self, kind: Kind, reg: Releases, version: str, action: str) -> Release:
+        state = self.state
         try:
             if kind is Kind.cloud:  # load before the release: a model that fails to load never goes live
                 assert isinstance(reg, CloudModelRegistry)
@@ -243,71 +262,90 @@ def create_app(state: OpsState) -> FastAPI:
         log.info("%s model %s live as release %d (%s)", kind.value, version, sequence, action)
         return Release(kind=kind, version=version, sequence=sequence)
 
-    Operator = Annotated[str, Depends(_operator(state.authority))]
 
-    @app.get("/healthz", response_model=Health, tags=["health"])
+def _health_routes(state: OpsState) -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz", response_model=Health)
     def healthz() -> Health:
         return Health(status="ok")
 
-    @app.get("/readyz", response_model=Health, tags=["health"],
-             responses={503: {"model": Health, "description": "draining for shutdown"}})
+    @router.get("/readyz", response_model=Health,
+                responses={503: {"model": Health, "description": "draining for shutdown"}})
     def readyz() -> Any:
         if state.ready():
             return Health(status="serving")
         return JSONResponse({"status": "draining"}, status_code=503)
 
-    @app.get("/metrics", response_class=PlainTextResponse, tags=["metrics"])
+    return router
+
+
+def _metrics_routes(state: OpsState) -> APIRouter:
+    router = APIRouter(tags=["metrics"])
+
+    @router.get("/metrics", response_class=PlainTextResponse)
     def metrics() -> PlainTextResponse:
         return PlainTextResponse(state.telemetry.render(),
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/api/fleet", tags=["fleet"], response_model=FleetView, responses=auth)
-    def fleet(_: Operator) -> dict[str, Any]:
+    return router
+
+
+def _fleet_routes(state: OpsState, models: _Models, operator: Any,
+                  auth: dict[int | str, dict[str, Any]]) -> APIRouter:
+    router = APIRouter(tags=["fleet"])
+
+    @router.get("/api/fleet", response_model=FleetView, responses=auth)
+    def fleet(_: operator) -> dict[str, Any]:  # type: ignore[valid-type]
         # The series need no registry: an unreadable one blanks its model and says why in problems.
-        models: dict[str, str | None] = {}
+        live: dict[str, str | None] = {}
         problems: dict[str, str] = {}
         for k in Kind:
             try:
-                models[k.value] = live(k)
+                live[k.value] = models.live(k)
             except RegistryUnreadable as e:
-                models[k.value] = None
+                live[k.value] = None
                 problems[k.value] = f"{k.value} model registry unavailable: {e}"
         return {"series": state.telemetry.series(), "devices": len(state.events),
-                "events": state.events.recorded, "models": models, "problems": problems}
+                "events": state.events.recorded, "models": live, "problems": problems}
 
-    @app.get("/api/models", tags=["models"], response_model=ModelsView,
-             responses={**auth, **_UNREADABLE})
-    def models(_: Operator) -> dict[str, Any]:
-        return {k.value: describe(k) for k in Kind}
+    return router
 
-    @app.post("/api/models/{kind}/promote", response_model=Release, tags=["models"],
-              responses={**auth, **_UNREADABLE,
-                         400: {"model": Problem, "description": "the body is not JSON"},
-                         404: {"model": Problem, "description": "unknown version or no registry"},
-                         409: {"model": Problem, "description": "the version cannot be released"},
-                         413: {"model": Problem, "description": "request body too large"}})
-    def promote(kind: Kind, body: PromoteBody, _: Operator) -> Release:
-        reg = registry(kind)
+
+def _model_routes(models: _Models, operator: Any, auth: dict[int | str, dict[str, Any]]) -> APIRouter:
+    router = APIRouter(tags=["models"])
+
+    @router.get("/api/models", response_model=ModelsView, responses={**auth, **_UNREADABLE})
+    def list_models(_: operator) -> dict[str, Any]:  # type: ignore[valid-type]
+        return {k.value: models.describe(k) for k in Kind}
+
+    @router.post("/api/models/{kind}/promote", response_model=Release,
+                 responses={**auth, **_UNREADABLE,
+                            400: {"model": Problem, "description": "the body is not JSON"},
+                            404: {"model": Problem, "description": "unknown version or no registry"},
+                            409: {"model": Problem, "description": "the version cannot be released"},
+                            413: {"model": Problem, "description": "request body too large"}})
+    def promote(kind: Kind, body: PromoteBody, _: operator) -> Release:  # type: ignore[valid-type]
+        reg = models.registry(kind)
         if body.version not in reg.versions():
             raise HTTPException(404, f"unknown {kind.value} model version {body.version!r}")
-        return release(kind, reg, body.version, "promote")
+        return models.release(kind, reg, body.version, "promote")
 
-    @app.post("/api/models/{kind}/rollback", response_model=Release, tags=["models"],
-              responses={**auth, **_UNREADABLE,
-                         404: {"model": Problem, "description": "no registry"},
-                         409: {"model": Problem, "description": "nothing to roll back to"}})
-    def rollback(kind: Kind, _: Operator) -> Release:
-        reg = registry(kind)
+    @router.post("/api/models/{kind}/rollback", response_model=Release,
+                 responses={**auth, **_UNREADABLE,
+                            404: {"model": Problem, "description": "no registry"},
+                            409: {"model": Problem, "description": "nothing to roll back to"}})
+    def rollback(kind: Kind, _: operator) -> Release:  # type: ignore[valid-type]
+        reg = models.registry(kind)
         try:
             version = reg.rollback_target()
         except RegistryUnreadable:
             raise
         except RegistryError as e:
             raise HTTPException(409, str(e)) from e
-        return release(kind, reg, version, "rollback")
+        return models.release(kind, reg, version, "rollback")
 
-    _pages(app)
-    return app
+    return router
 
 
 def _pages(app: FastAPI) -> None:
