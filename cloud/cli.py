@@ -294,8 +294,8 @@ def _models_parsers(cloud: argparse._SubParsersAction) -> None:  # type: ignore[
         q.set_defaults(fn=cmd_cloud_models)
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    cloud = area(sub, "cloud")
+def _train_parser(cloud: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``cloud train``: a candidate generator from a data set."""
     q = cloud.add_parser("train", help="train a candidate generator")
     data_args(q)
     q.add_argument("--backend", default="cooccurrence")
@@ -303,6 +303,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", type=key_value)
     q.add_argument("--resume", action="store_true")
     q.set_defaults(fn=cmd_cloud_train)
+
+
+def _serve_parser(cloud: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``cloud serve``: the gRPC server, its HTTP surface, TLS, tokens and limits."""
     q = cloud.add_parser("serve", help="serve GetCandidates and device models over gRPC")
     q.add_argument("--model-dir", help="the cloud model (or use --cloud-registry)")
     q.add_argument("--cloud-registry", help="cloud-model registry folder; serves its live version")
@@ -352,6 +356,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--reflection", action="store_true",
                    help="register gRPC server reflection (grpcurl list/describe); needs no token")
     q.set_defaults(fn=cmd_cloud_serve)
+
+
+def _load_parsers(cloud: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``cloud bench-serving | bench-hostile``: the load tools."""
     q = cloud.add_parser("bench-serving",
                          help="server throughput and latency with and without dynamic batching")
     q.add_argument("--model-dir", required=True)
@@ -380,6 +388,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--workers", type=positive_int, default=64, help="handler threads of both servers")
     q.add_argument("--out", help="folder for server logs and bench-hostile.json")
     q.set_defaults(fn=cmd_cloud_bench_hostile)
+
+
+def _release_parsers(cloud: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``cloud publish | publish-cloud | neighbours | models``: releases."""
     q = cloud.add_parser("publish", help="publish an ONNX device model to the registry")
     q.add_argument("--registry", required=True)
     q.add_argument("--model", required=True)
@@ -402,6 +414,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--neighbours", type=positive_int, default=50, help="items kept per item")
     q.set_defaults(fn=cmd_cloud_neighbours)
     _models_parsers(cloud)
+
+
+def _credential_parsers(cloud: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``cloud token | keygen``: device and operator tokens, signing keys."""
     q = cloud.add_parser("token", help="issue a device or operator token")
     q.add_argument("--auth-secret", required=True, help="the server's HMAC secret file")
     who = q.add_mutually_exclusive_group(required=True)
@@ -414,3 +430,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--auth-secret", metavar="FILE")
     q.add_argument("--signing-dir", metavar="DIR")
     q.set_defaults(fn=cmd_cloud_keygen)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    cloud = area(sub, "cloud")
+    _train_parser(cloud)
+    _serve_parser(cloud)
+    _load_parsers(cloud)
+    _release_parsers(cloud)
+    _credential_parsers(cloud)
