@@ -159,3 +159,53 @@ def device_venv(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Path:
     (purelib / "device_deps.pth").write_text(f"import site; site.addsitedir({str(deps)!r})\n")
     return py
 
+
+
+# --- the documented TLS recipe ------------------------------------------------------------------
+# docs/OPERATIONS.md's certificate recipe, run verbatim (the sh block after its marker line):
+# the tests that need certificates make them exactly as an operator would.
+
+_OPERATIONS = Path(__file__).resolve().parents[1] / "docs" / "OPERATIONS.md"
+_TLS_MARKER = "<!-- tls-recipe -->"
+_RECIPE_SAN = 'SAN="DNS:localhost,IP:127.0.0.1"'
+
+
+def tls_recipe() -> str:
+    """The fenced sh block right after the marker line."""
+    import re
+
+    text = _OPERATIONS.read_text(encoding="utf-8")
+    m = re.search(re.escape(_TLS_MARKER) + r"\n```sh\n(.*?)\n```\n", text, re.DOTALL)
+    assert m, f"no ```sh block right after {_TLS_MARKER} in {_OPERATIONS}"
+    return m.group(1)
+
+
+@pytest.fixture(scope="session")
+def run_tls_recipe():  # type: ignore[no-untyped-def]
+    """``run(out, san=None) -> out``: the recipe run in a new folder ``out``; ``san`` replaces
+    the server certificate's subjectAltName."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("the documented TLS recipe needs the openssl command")
+
+    def run(out: Path, san: str | None = None) -> Path:
+        script = tls_recipe()
+        if san is not None:
+            assert script.count(_RECIPE_SAN) == 1
+            script = script.replace(_RECIPE_SAN, f'SAN="{san}"')
+        out.mkdir(parents=True)
+        done = subprocess.run(["bash", "-euo", "pipefail"], input=script, cwd=out, text=True,
+                              capture_output=True, timeout=60)
+        assert done.returncode == 0, f"recipe failed:\n{done.stdout}\n{done.stderr}"
+        return out
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory, run_tls_recipe) -> tuple[Path, Path]:  # type: ignore[no-untyped-def]
+    """Two certificate authorities from the recipe, each with its server and device certificates."""
+    root = tmp_path_factory.mktemp("pki")
+    return run_tls_recipe(root / "ours"), run_tls_recipe(root / "other")

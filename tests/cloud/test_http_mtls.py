@@ -8,7 +8,6 @@ client certificate: it has the clientAuth usage).
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import ssl
@@ -33,8 +32,6 @@ from dcrec.cloud.serving.service import CandidateService
 from dcrec.device.client import ClientTls, CloudClient
 from dcrec.shared.contract import CandidatesRequest
 
-OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "OPERATIONS.md"
-MARKER = "<!-- tls-recipe -->"
 DEVICE = "phone-123"  # the recipe's default DEVICE
 # What a client sees when the server refuses its certificate (or sends none): TLS 1.3 reports
 # the alert on the first read, so it may surface as a reset or an EOF rather than SSLError.
@@ -44,21 +41,6 @@ pytestmark = pytest.mark.skipif(shutil.which("openssl") is None,
                                 reason="the documented TLS recipe needs the openssl command")
 
 
-def run_recipe(out: Path) -> Path:
-    text = OPERATIONS.read_text(encoding="utf-8")
-    m = re.search(re.escape(MARKER) + r"\n```sh\n(.*?)\n```\n", text, re.DOTALL)
-    assert m, f"no ```sh block right after {MARKER} in {OPERATIONS}"
-    out.mkdir(parents=True)
-    done = subprocess.run(["bash", "-euo", "pipefail"], input=m.group(1), cwd=out, text=True,
-                          capture_output=True, timeout=60)
-    assert done.returncode == 0, f"recipe failed:\n{done.stdout}\n{done.stderr}"
-    return out
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("http-mtls")
-    return run_recipe(root / "ours"), run_recipe(root / "other")
 
 
 def context(ca_dir: Path, cert_dir: Path | None = None) -> ssl.SSLContext:

@@ -6,7 +6,6 @@ a temporary directory (twice: ours, and an unrelated PKI to be refused).
 
 from __future__ import annotations
 
-import re
 import shutil
 import ssl
 import subprocess
@@ -30,34 +29,13 @@ from dcrec.cloud.serving.service import CandidateService
 from dcrec.device.client import ClientTls, CloudClient, CloudUnavailable
 from dcrec.shared.contract import CandidatesRequest
 
-OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "OPERATIONS.md"
-MARKER = "<!-- tls-recipe -->"
 DEVICE = "phone-123"  # the recipe's default DEVICE
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None,
                                 reason="the documented TLS recipe needs the openssl command")
 
 
-def recipe() -> str:
-    """The fenced sh block right after the marker line."""
-    text = OPERATIONS.read_text(encoding="utf-8")
-    m = re.search(re.escape(MARKER) + r"\n```sh\n(.*?)\n```\n", text, re.DOTALL)
-    assert m, f"no ```sh block right after {MARKER} in {OPERATIONS}"
-    return m.group(1)
 
-
-def run_recipe(out: Path) -> Path:
-    out.mkdir(parents=True)
-    done = subprocess.run(["bash", "-euo", "pipefail"], input=recipe(), cwd=out, text=True,
-                          capture_output=True, timeout=60)
-    assert done.returncode == 0, f"recipe failed:\n{done.stdout}\n{done.stderr}"
-    return out
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("tls-recipe")
-    return run_recipe(root / "ours"), run_recipe(root / "other")
 
 
 @pytest.fixture(scope="module")

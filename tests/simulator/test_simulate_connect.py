@@ -35,26 +35,11 @@ from dcrec.simulator.fleet_run import fetch_reranker, run_fleet
 from dcrec.simulator.metering import CloudAccess
 from dcrec.simulator.scenario import parse_scenario
 
-OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "OPERATIONS.md"
-MARKER = "<!-- tls-recipe -->"
 DEVICE = "phone-123"  # the recipe's default DEVICE
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None,
                                 reason="the documented TLS recipe needs the openssl command")
 
-
-def run_recipe(out: Path, san: str) -> Path:
-    text = OPERATIONS.read_text(encoding="utf-8")
-    m = re.search(re.escape(MARKER) + r"\n```sh\n(.*?)\n```\n", text, re.DOTALL)
-    assert m, f"no ```sh block right after {MARKER} in {OPERATIONS}"
-    script = m.group(1)
-    assert script.count('SAN="DNS:localhost,IP:127.0.0.1"') == 1
-    script = script.replace('SAN="DNS:localhost,IP:127.0.0.1"', f'SAN="{san}"')
-    out.mkdir(parents=True)
-    done = subprocess.run(["bash", "-euo", "pipefail"], input=script, cwd=out, text=True,
-                          capture_output=True, timeout=60)
-    assert done.returncode == 0, f"recipe failed:\n{done.stdout}\n{done.stderr}"
-    return out
 
 
 @dataclass(frozen=True)
@@ -99,9 +84,9 @@ def wait_for(path: Path, proc: subprocess.Popen[bytes], timeout_s: float = 60.0)
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory: pytest.TempPathFactory, cloud_model_dir: Path,
-          registry_dir: Path) -> Iterator[Cloud]:
+          registry_dir: Path, run_tls_recipe) -> Iterator[Cloud]:  # type: ignore[no-untyped-def]
     root = tmp_path_factory.mktemp("simulate-connect")
-    pki = run_recipe(root / "pki", "DNS:localhost")
+    pki = run_tls_recipe(root / "pki", "DNS:localhost")
     secret = write_secret(root / "auth.secret")
     cmd = [sys.executable, "-m", "dcrec.shared.cli", "cloud", "serve",
            "--model-dir", str(cloud_model_dir), "--registry", str(registry_dir),
