@@ -28,9 +28,7 @@ def cmd_bench_event(ns: argparse.Namespace) -> int:
     config = options(ns.set, "--set")
     try:
         RuntimeConfig(**config).validate()
-    except TypeError as e:
-        raise UsageError(f"--set: {e}") from None
-    except ValueError as e:
+    except (TypeError, ValueError) as e:  # an unknown field, or a bad value
         raise UsageError(f"--set: {e}") from None
     for b in ns.baseline:
         if not (Path(b) / "device" / "runtime.py").is_file():

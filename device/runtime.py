@@ -158,15 +158,14 @@ class _Live:
     n_seen: int
     items: np.ndarray
     scores: np.ndarray
-    _cloud: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # per scale, and ranks
+    _cloud: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # per scale
+    _ranks: np.ndarray | None = None
 
     def ranks(self) -> np.ndarray:
         """``rank_scores(scores)`` (C,), computed once (what blending with a local list needs)."""
-        got = self._cloud.get("ranks")
-        if got is None:
-            got = self._cloud["ranks"] = (rank_scores(self.scores) if self.items.size
-                                          else np.zeros(0, np.float32), self.items)
-        return got[0]
+        if self._ranks is None:
+            self._ranks = rank_scores(self.scores) if self.items.size else np.zeros(0, np.float32)
+        return self._ranks
 
     def cloud(self, scale: Scale) -> tuple[np.ndarray, np.ndarray]:
         """(cloud scores on ``scale`` (C,), items in the cloud's order (C,)), computed once per scale."""

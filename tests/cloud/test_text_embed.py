@@ -52,7 +52,7 @@ def test_cache_hit_returns_identical_array_without_recomputing(tmp_path: Path) -
     assert enc.calls == 1
     files = list(tmp_path.glob("*.npy"))
     assert len(files) == 1 and cache_key(TEXTS) in files[0].name
-    assert not list(tmp_path.glob("*.tmp")), "atomic write left a temporary file"
+    assert not list(tmp_path.glob("*.tmp*")), "atomic write left a temporary file"
 
     def must_not_run(texts: Sequence[str]) -> np.ndarray:
         raise AssertionError("the cache was not used")
