@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from dcrec.cloud.models.backends import DEFAULT_BACKEND
 from dcrec.shared.cliutil import (
     UsageError,
     area,
@@ -298,7 +299,8 @@ def _train_parser(cloud: argparse._SubParsersAction) -> None:  # type: ignore[ty
     """``cloud train``: a candidate generator from a data set."""
     q = cloud.add_parser("train", help="train a candidate generator")
     data_args(q)
-    q.add_argument("--backend", default="cooccurrence")
+    q.add_argument("--backend", default=DEFAULT_BACKEND,
+                   help=f"candidate generator backend (default {DEFAULT_BACKEND}; cooccurrence is the fast baseline)")
     q.add_argument("--out", required=True)
     q.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", type=key_value)
     q.add_argument("--resume", action="store_true")

@@ -31,9 +31,14 @@ BACKENDS: dict[str, str] = {
     "cooccurrence": "dcrec.cloud.models.cooccurrence",
     "textrec": "dcrec.cloud.models.textrec.backend",
     "llm": "dcrec.cloud.models.llm.backend",
+    "ensemble": "dcrec.cloud.models.ensemble",
 }
 
 MANIFEST = "backend.json"
+# What ``dcrec cloud train``, the quality harness, the simulator and the demo train when no
+# backend is named: textrec (sentence-embedder and LLM item text), SASRec and co-occurrence,
+# blended with weights chosen on validation users (docs/CLOUD_MODELS.md).
+DEFAULT_BACKEND = "ensemble"
 
 
 class BackendError(ValueError):

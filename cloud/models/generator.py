@@ -54,3 +54,19 @@ class CandidateGenerator(Protocol):
         With ``exclude_seen`` items already in the history are left out.
         """
         ...
+
+
+def catalogue_scores(gen: CandidateGenerator, histories: Sequence[np.ndarray]) -> np.ndarray:
+    """(B, N+1) float64 scores of every item for each history; column 0 and unlisted items -inf.
+
+    Uses the backend's own full-catalogue scorer (``score_batch`` or ``score``) when it has
+    one; otherwise asks for a list as long as the catalogue.
+    """
+    if hasattr(gen, "score_batch"):
+        return np.asarray(gen.score_batch(histories), dtype=np.float64)
+    if hasattr(gen, "score"):
+        return np.asarray(gen.score(histories), dtype=np.float64)
+    out = np.full((len(histories), gen.n_items + 1), -np.inf)
+    for row, c in enumerate(gen.generate(histories, gen.n_items, exclude_seen=False)):
+        out[row, c.items] = c.scores
+    return out

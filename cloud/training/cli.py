@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from dcrec.cloud.models.backends import DEFAULT_BACKEND
 from dcrec.shared.cliutil import (
     UsageError,
     area,
@@ -155,7 +156,8 @@ def protocol_args(q: argparse.ArgumentParser) -> None:
                    help="stale: LSC4Rec's device-cloud split; time: per-user time split")
     q.add_argument("--lag", type=non_negative_int, default=2, help="items the cloud's view trails (stale split)")
     q.add_argument("--cloud-model", help="trained cloud model directory (default: train one)")
-    q.add_argument("--cloud-backend", default="cooccurrence")
+    q.add_argument("--cloud-backend", default=DEFAULT_BACKEND,
+                   help=f"candidate generator backend (default {DEFAULT_BACKEND}; cooccurrence is the fast baseline)")
     q.add_argument("--seed", type=non_negative_int, default=0)
 
 

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from dcrec.cloud.models.backends import DEFAULT_BACKEND
 from dcrec.cloud.training.cli import protocol_args
 from dcrec.shared.cliutil import (
     UsageError,
@@ -115,7 +116,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q = bench.add_parser("quality", help="every variant of the stale-cloud protocol, side by side")
     q.add_argument("--dataset", default="ml-100k", help="ml-100k, beauty, or a path")
     q.add_argument("--seeds", type=positive_int, default=1)
-    q.add_argument("--cloud-backend", default="cooccurrence")
+    q.add_argument("--cloud-backend", default=DEFAULT_BACKEND,
+                   help=f"candidate generator backend (default {DEFAULT_BACKEND}; cooccurrence is the fast baseline)")
     q.add_argument("--cloud-option", action="append", default=[], metavar="KEY=VALUE",
                    help="the cloud backend's training options (e.g. time_budget_min=12)")
     q.add_argument("--epochs", type=positive_int, default=200, help="device-model epochs (early stopping)")

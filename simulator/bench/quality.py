@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from dcrec.cloud.models import backends
+from dcrec.cloud.models.backends import DEFAULT_BACKEND
 from dcrec.device.budget import TokenBucket
 from dcrec.device.fusion import blend_lists, fuse
 from dcrec.device.policy import DisagreementPolicy, PolicyInput
@@ -69,7 +70,7 @@ class QualityConfig:
     lag: int = 2  # how many items the cloud's view trails the device's
     candidates: int = 100  # length of the cloud's list
     ratios: tuple[float, ...] = RATIOS
-    cloud_backend: str = "cooccurrence"
+    cloud_backend: str = DEFAULT_BACKEND
     cloud_options: dict[str, Any] = field(default_factory=dict)
     device_epochs: int = 200
     device_time_budget_s: float = 1200.0
@@ -104,7 +105,7 @@ class QualityConfig:
     # list's share of the cloud-side score chosen on the validation step among these weights.
     neighbours: int = 0
     neighbour_weights: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
-    baselines: tuple[str, ...] = ("most-popular", "sasrec", "gru4rec")
+    baselines: tuple[str, ...] = ("most-popular", "sasrec", "gru4rec", "cloud")
     baseline_seeds: int | None = None  # seeds the baselines are trained for (None: every seed)
     max_users: int | None = None  # evaluate a sample of users (tests, quick looks)
     workdir: Path = Path("runs/bench")

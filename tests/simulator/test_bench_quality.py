@@ -13,7 +13,7 @@ from dcrec.simulator.bench.quality import QualityConfig, calibrate_threshold, ru
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    cfg = QualityConfig(dataset="ml-100k", device_epochs=1, max_users=200,
+    cfg = QualityConfig(dataset="ml-100k", cloud_backend="cooccurrence", device_epochs=1, max_users=200,
                         device_model={"dim": 16, "layers": 1, "heads": 1},
                         baselines=("most-popular", "sasrec", "gru4rec"),
                         workdir=tmp_path_factory.mktemp("bench"))
@@ -78,7 +78,7 @@ def test_threshold_calibration() -> None:
 
 def test_parallel_jobs_reproduce_one_process(tmp_path: Path) -> None:
     """Seeds and baselines in worker processes give the same table as one process."""
-    kw = dict(dataset="ml-100k", seeds=2, baseline_seeds=1, device_epochs=1, max_users=100,
+    kw = dict(dataset="ml-100k", cloud_backend="cooccurrence", seeds=2, baseline_seeds=1, device_epochs=1, max_users=100,
               device_model={"dim": 16, "layers": 1, "heads": 1}, baselines=("most-popular",),
               ratios=(0.0, 0.2, 1.0), threads=1)
     one, _ = run(QualityConfig(**kw, jobs=1, workdir=tmp_path / "one"))  # type: ignore[arg-type]
@@ -92,7 +92,7 @@ def test_parallel_jobs_reproduce_one_process(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("objective", ["collab", "random"])
 def test_device_model_trained_again_on_lists(tmp_path: Path, objective: str) -> None:
-    cfg = QualityConfig(dataset="ml-100k", device_epochs=1, max_users=100, baselines=(),
+    cfg = QualityConfig(dataset="ml-100k", cloud_backend="cooccurrence", device_epochs=1, max_users=100, baselines=(),
                         device_model={"dim": 16, "layers": 1, "heads": 1}, ratios=(0.0, 1.0),
                         device_objective=objective, device_folds=2, threads=1,
                         workdir=tmp_path)
@@ -110,7 +110,7 @@ def test_device_model_trained_again_on_lists(tmp_path: Path, objective: str) -> 
 
 
 def test_device_candidates_and_the_uncovered_measure(tmp_path: Path) -> None:
-    cfg = QualityConfig(dataset="ml-100k", device_epochs=1, max_users=150, baselines=(),
+    cfg = QualityConfig(dataset="ml-100k", cloud_backend="cooccurrence", device_epochs=1, max_users=150, baselines=(),
                         device_model={"dim": 16, "layers": 1, "heads": 1}, ratios=(0.0, 0.2, 1.0),
                         device_candidates=10, measure="uncovered", threads=1, workdir=tmp_path)
     rows, infos = run(cfg)
@@ -125,11 +125,11 @@ def test_device_candidates_and_the_uncovered_measure(tmp_path: Path) -> None:
     assert get(rows, "disagreement", 1.0)["NDCG@10"] == pytest.approx(get(rows, "always-fresh")["NDCG@10"])
     assert 0.0 < get(rows, "disagreement", 0.2)["measured_ratio"] <= 0.2 + 2 / 150
     with pytest.raises(ValueError, match="device_candidates must be >= 0"):
-        run(QualityConfig(dataset="ml-100k", device_candidates=-1, workdir=tmp_path))
+        run(QualityConfig(dataset="ml-100k", cloud_backend="cooccurrence", device_candidates=-1, workdir=tmp_path))
 
 
 def test_local_lists_from_the_neighbour_index(tmp_path: Path) -> None:
-    cfg = QualityConfig(dataset="ml-100k", device_epochs=1, max_users=150, baselines=(),
+    cfg = QualityConfig(dataset="ml-100k", cloud_backend="cooccurrence", device_epochs=1, max_users=150, baselines=(),
                         device_model={"dim": 16, "layers": 1, "heads": 1}, ratios=(0.0, 0.2, 1.0),
                         device_candidates=3, neighbours=20, threads=1, workdir=tmp_path)
     rows, infos = run(cfg)
@@ -144,11 +144,11 @@ def test_local_lists_from_the_neighbour_index(tmp_path: Path) -> None:
     assert get(rows, "always-fresh")["NDCG@10"] == pytest.approx(get(plain, "always-fresh")["NDCG@10"])
     assert get(rows, "disagreement", 0.0)["NDCG@10"] == pytest.approx(fused["NDCG@10"])
     with pytest.raises(ValueError, match="neighbours must be >= 0"):
-        run(QualityConfig(dataset="ml-100k", neighbours=-1, workdir=tmp_path))
+        run(QualityConfig(dataset="ml-100k", cloud_backend="cooccurrence", neighbours=-1, workdir=tmp_path))
 
 
 def test_reuse_loads_a_cloud_model_only_when_it_was_trained_on_the_same_data(tmp_path: Path) -> None:
-    cfg = QualityConfig(dataset="ml-100k", device_epochs=1, max_users=100, baselines=(),
+    cfg = QualityConfig(dataset="ml-100k", cloud_backend="cooccurrence", device_epochs=1, max_users=100, baselines=(),
                         device_model={"dim": 16, "layers": 1, "heads": 1}, ratios=(0.0, 1.0),
                         threads=1, workdir=tmp_path, reuse=True)
     said: list[str] = []
@@ -166,7 +166,7 @@ def test_reuse_loads_a_cloud_model_only_when_it_was_trained_on_the_same_data(tmp
 def test_a_second_run_on_the_same_workdir_is_refused(tmp_path: Path) -> None:
     from dcrec.simulator.bench.quality import WorkdirInUse, _workdir_lock
 
-    cfg = QualityConfig(dataset="ml-100k", device_epochs=1, max_users=50, baselines=(), workdir=tmp_path)
+    cfg = QualityConfig(dataset="ml-100k", cloud_backend="cooccurrence", device_epochs=1, max_users=50, baselines=(), workdir=tmp_path)
     with _workdir_lock(tmp_path / "ml-100k"):
         with pytest.raises(WorkdirInUse, match="in use by another bench run"):
             run(cfg)

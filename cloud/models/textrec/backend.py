@@ -34,7 +34,7 @@ import torch
 
 from dcrec.cloud.models.backends import write_manifest
 from dcrec.cloud.models.generator import CandidateList
-from dcrec.cloud.models.text_embed import embed_texts
+from dcrec.cloud.models.text_embed import DEFAULT_MAX_TOKENS, ENCODERS, embed_texts
 from dcrec.cloud.models.textrec.model import TextRecConfig, TextRecModel
 from dcrec.cloud.models.textrec.train import TrainConfig, fit, left_pad
 from dcrec.shared.data import Dataset
@@ -42,7 +42,7 @@ from dcrec.shared.data import Dataset
 log = logging.getLogger(__name__)
 
 NAME = "textrec"
-EXTRA_OPTIONS = {"valid_users": 3000, "cache_dir": None}
+EXTRA_OPTIONS = {"valid_users": 3000, "cache_dir": None, "text_encoder": "minilm"}
 
 
 def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], TrainConfig, dict[str, Any]]:
@@ -83,9 +83,18 @@ def holdout_valid(
     return train, hists, np.asarray(targets, dtype=np.int64)
 
 
-def item_text_embeddings(dataset: Dataset, cache_dir: str | None) -> np.ndarray:
-    """(N+1, 384) MiniLM embeddings of the catalogue texts; row 0 (padding) is zero."""
-    vecs = embed_texts(list(dataset.catalogue.texts[1:]), cache_dir=cache_dir)
+def item_text_embeddings(dataset: Dataset, cache_dir: str | None,
+                         encoder: str = "minilm") -> np.ndarray:
+    """(N+1, D) embeddings of the catalogue texts by ``encoder``; row 0 (padding) is zero.
+
+    ``minilm``: the sentence embedder (D=384); ``smollm2``: the generative LLM's
+    mean-pooled hidden states (D=576).
+    """
+    if encoder not in ENCODERS:
+        raise ValueError(f"unknown text_encoder {encoder!r}; choose one of {sorted(ENCODERS)}")
+    model_id, make = ENCODERS[encoder]
+    vecs = embed_texts(list(dataset.catalogue.texts[1:]), cache_dir=cache_dir,
+                       encoder=make(DEFAULT_MAX_TOKENS), model_id=model_id)
     return np.concatenate([np.zeros((1, vecs.shape[1]), np.float32), vecs])
 
 
@@ -101,7 +110,10 @@ def train(
     cfg = TextRecConfig(n_items=dataset.n_items, **model_opts)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = item_text_embeddings(dataset, extras["cache_dir"]) if cfg.use_text else None
+    text = None
+    if cfg.use_text:
+        text = item_text_embeddings(dataset, extras["cache_dir"], str(extras["text_encoder"]))
+        cfg = dataclasses.replace(cfg, text_dim=int(text.shape[1]))
 
     seqs, v_hist, v_tgt = holdout_valid(train_sequences, int(extras["valid_users"]), tcfg.seed)
     warm = np.zeros(cfg.n_items + 1, dtype=bool)
@@ -121,6 +133,7 @@ def train(
     (out_dir / "config.json").write_text(json.dumps({
         "model": dataclasses.asdict(cfg),
         "train": dataclasses.asdict(tcfg),
+        "text_encoder": extras["text_encoder"] if cfg.use_text else None,
         "best_epoch": result.best_epoch,
         "valid_ndcg10": result.best_ndcg10,
         "epochs_run": result.epochs_run,

@@ -38,8 +38,17 @@ log = logging.getLogger(__name__)
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "textrec": {},
+    # The same model with item text read by the generative LLM (SmolLM2's hidden states)
+    # instead of the sentence embedder.
+    "textrec-smollm2": {"text_encoder": "smollm2"},
     # SASRec with the same loop and loss: no text, nothing to drop out for cold start.
     "id-only": {"use_text": False, "id_dropout": 0.0},
+    # The public SASRec+SS reference for Amazon Beauty (eSASRec benchmark, arXiv 2508.06450):
+    # one block, one head, d=64, dropout 0.2, sampled softmax over 256 uniform negatives,
+    # up to 200 epochs with patience 50.
+    "sasrec-ss": {"use_text": False, "id_dropout": 0.0, "n_layers": 1, "n_heads": 1, "dim": 64,
+                  "dropout": 0.2, "loss": "sampled", "n_negatives": 256, "epochs": 200,
+                  "patience": 50, "ffn_mult": 1, "batch_size": 128},
 }
 
 

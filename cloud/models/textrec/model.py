@@ -44,6 +44,7 @@ class TextRecConfig:
     use_id: bool = True  # False gives a text-only model (every item is cold)
     id_init_from_text: float = 0.0  # if > 0, id vectors start as the text's principal components at this std (else random)
     id_dropout: float = 0.1  # share of items whose id vector is hidden per training step, so the text part learns to rank alone (cold start)
+    table_dropout: float = 0.0  # dropout on the item table itself while training (input and output side)
 
     def __post_init__(self) -> None:
         if self.n_items < 1:
@@ -52,7 +53,7 @@ class TextRecConfig:
             raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
         if not (self.use_text or self.use_id):
             raise ValueError("at least one of use_text and use_id must be true")
-        for name in ("dropout", "id_dropout"):
+        for name in ("dropout", "id_dropout", "table_dropout"):
             v = getattr(self, name)
             if not 0.0 <= v < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {v}")
@@ -174,6 +175,8 @@ class TextRecModel(nn.Module):
             table = table + self.id_emb.weight * keep.unsqueeze(1).to(table.dtype)
         if self.cfg.use_text:
             table = table + self.text_proj(self.text)
+        if self.training and self.cfg.table_dropout > 0:
+            table = F.dropout(table, self.cfg.table_dropout)
         return table
 
     def forward(self, seq: torch.Tensor, table: torch.Tensor) -> torch.Tensor:

@@ -50,8 +50,16 @@ class TrainConfig:
     time_budget_min: float = 40.0  # stop (keeping the best weights) once an epoch would pass this
     threads: int = 1  # torch intra-op threads: on a shared CPU two threads spin-wait and run slower than one
     eval_batch: int = 512
+    # ``full``: softmax over the whole catalogue at every position; ``sampled``: over the
+    # target and ``n_negatives`` uniform random items drawn for each position (SASRec+SS).
+    loss: str = "full"
+    n_negatives: int = 256
 
     def __post_init__(self) -> None:
+        if self.loss not in ("full", "sampled"):
+            raise ValueError(f"loss must be 'full' or 'sampled', got {self.loss!r}")
+        if self.n_negatives < 1:
+            raise ValueError(f"n_negatives must be >= 1, got {self.n_negatives}")
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or self.threads < 1:
             raise ValueError("epochs, batch_size, patience and threads must be >= 1")
         if self.lr <= 0 or self.time_budget_min <= 0:
@@ -154,6 +162,22 @@ def keep_freed_memory() -> None:
     libc.mallopt(m_trim_threshold, 1 << 31)
 
 
+def _sampled_loss(h: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor, table: torch.Tensor,
+                  n_negatives: int) -> torch.Tensor:
+    """Sampled softmax: each position's target against its own ``n_negatives`` uniform items.
+
+    ``h`` (B, L, D), ``tgt`` (B, L) with 0 at padding; negatives (P, K) are drawn from
+    1..N for every real position; a negative equal to its position's target is masked out.
+    """
+    hp, tp = h[mask], tgt[mask]  # (P, D), (P,)
+    neg = torch.randint(1, table.shape[0], (hp.shape[0], n_negatives))
+    pos_logit = (hp * table[tp]).sum(-1, keepdim=True)  # (P, 1)
+    neg_logit = torch.einsum("pd,pkd->pk", hp, table[neg])  # (P, K)
+    neg_logit = neg_logit.masked_fill(neg == tp.unsqueeze(1), -torch.inf)
+    logits = torch.cat([pos_logit, neg_logit], dim=1)
+    return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long))
+
+
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     with replacing(path) as tmp:
         torch.save(obj, tmp)
@@ -222,9 +246,12 @@ def fit(
             table = model.item_table(id_keep)
             h = model(seq, table)  # (B, L, D)
             mask = tgt > 0
-            logits = h[mask] @ table.T  # (P, N+1): full-catalogue softmax
-            logits[:, 0] = -torch.inf
-            loss = F.cross_entropy(logits, tgt[mask])
+            if cfg.loss == "full":
+                logits = h[mask] @ table.T  # (P, N+1): full-catalogue softmax
+                logits[:, 0] = -torch.inf
+                loss = F.cross_entropy(logits, tgt[mask])
+            else:
+                loss = _sampled_loss(h, tgt, mask, table, cfg.n_negatives)
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
