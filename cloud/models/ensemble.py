@@ -7,12 +7,13 @@ full-catalogue scores are turned into log-probabilities (``log_softmax`` per
 user), and the ensemble's score is their weighted sum. The weights are
 chosen on held-out validation users, never on test data: the newest training
 item of ``valid_users`` random users (the same users every ``textrec`` member
-holds out for its own early stopping, so no member has trained on them), on
-a grid over the simplex, by NDCG@10 with seen items excluded.
+holds out for its own early stopping, so no member has trained on them), by
+coordinate ascent over a geometric grid of relative weights, for NDCG@10
+with seen items excluded.
 
 Options: ``members`` (list of ``{"backend": NAME, "options": {...}}``; default
 :data:`DEFAULT_MEMBERS`), ``valid_users`` (3000), ``seed`` (0, passed to every
-member), ``weight_step`` (0.1, the grid), ``threads`` (1). A member already
+member), ``weight_rounds`` (3, passes of the weight search), ``threads`` (1). A member already
 trained in its directory with the same backend, options and data is reused,
 so a second ``train`` (or one after an interruption) only trains what is
 missing; ``textrec`` members also resume from their own checkpoints.
@@ -24,7 +25,6 @@ Model directory: ``ensemble.json`` (members, weights, validation figures),
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 from collections.abc import Sequence
@@ -46,18 +46,14 @@ NAME = "ensemble"
 # Options every textrec-family member must share with the ensemble, so that all of
 # them hold out the same validation users.
 _SHARED = ("seed", "valid_users", "threads")
-# The default: the text-aware transformer twice (the sentence embedder's and the LLM's item
-# representations) and the id-only SASRec (sampled softmax), blended on validation.
+# The default: the text-aware transformer (sentence-embedder item text) and the co-occurrence
+# table, blended on validation (docs/CLOUD_MODELS.md has the measurements behind the choice).
 DEFAULT_MEMBERS: tuple[dict[str, Any], ...] = (
     {"backend": "textrec", "options": {"patience": 10, "time_budget_min": 150}},
-    {"backend": "textrec", "options": {"text_encoder": "smollm2", "patience": 10,
-                                       "time_budget_min": 150}},
-    {"backend": "textrec", "options": {"use_text": False, "id_dropout": 0.0, "n_layers": 1,
-                                       "n_heads": 1, "loss": "sampled", "n_negatives": 256,
-                                       "epochs": 200, "patience": 50, "time_budget_min": 150}},
+    {"backend": "cooccurrence", "options": {}},
 )
 DEFAULTS: dict[str, Any] = {"members": list(DEFAULT_MEMBERS), "valid_users": 3000, "seed": 0,
-                            "weight_step": 0.1, "threads": 1}
+                            "weight_rounds": 3, "threads": 1}
 SCORE_BATCH = 512
 
 
@@ -75,8 +71,8 @@ def _options(options: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"ensemble member {i}: expected {{'backend': NAME, 'options': {{...}}}}, got {m!r}")
         if m["backend"] == NAME:
             raise ValueError(f"ensemble member {i}: an ensemble cannot contain an ensemble")
-    if not 0 < float(opts["weight_step"]) <= 1:
-        raise ValueError(f"weight_step must be in (0, 1], got {opts['weight_step']}")
+    if int(opts["weight_rounds"]) < 1:
+        raise ValueError(f"weight_rounds must be >= 1, got {opts['weight_rounds']}")
     return opts
 
 
@@ -105,32 +101,50 @@ def member_score(gen: Any, histories: Sequence[np.ndarray]) -> np.ndarray:
     return s - lse
 
 
-def _grid(k: int, step: float) -> list[np.ndarray]:
-    n = int(round(1.0 / step))
-    out = []
-    for combo in itertools.product(range(n + 1), repeat=k - 1):
-        if sum(combo) <= n:
-            out.append(np.array([*combo, n - sum(combo)], dtype=np.float64) / n)
-    return out
+# Relative weights a member may take. Rankings do not change when all weights are scaled
+# together, so only ratios matter; members' log-probabilities differ in sharpness by orders
+# of magnitude (a co-occurrence table's are far sharper than a softmax model's), hence a
+# geometric grid.
+WEIGHT_GRID = (0.0, *(2.0 ** e for e in range(-6, 7)))
 
 
 def choose_weights(member_scores: list[np.ndarray], histories: Sequence[np.ndarray],
-                   targets: np.ndarray, step: float) -> tuple[np.ndarray, dict[str, float]]:
-    """The grid point whose blend has the best validation NDCG@10; its figures and each member's."""
+                   targets: np.ndarray, rounds: int = 3) -> tuple[np.ndarray, dict[str, float]]:
+    """Blend weights by validation NDCG@10; the figures of the blend and of each member.
+
+    Starts from the best member alone and improves one member's weight at a time over
+    :data:`WEIGHT_GRID` (coordinate ascent, ``rounds`` passes), so the blend is never worse
+    on validation than its best member. Returned weights sum to 1.
+    """
     seen = np.zeros(member_scores[0].shape, dtype=bool)
     for i, h in enumerate(histories):
         seen[i, h] = True
-    finite = [np.where(np.isfinite(s), s, -1e30) for s in member_scores]
-    best_w, best = None, -1.0
-    for w in _grid(len(finite), step):
-        blend = sum(wi * s for wi, s in zip(w, finite, strict=True) if wi > 0)
-        ndcg = summarize(ranks_from_scores(blend, targets, seen))["NDCG@10"]
-        if ndcg > best + 1e-12:
-            best_w, best = w, ndcg
-    assert best_w is not None
-    figures = {f"member{i}_ndcg10": summarize(ranks_from_scores(s, targets, seen))["NDCG@10"]
-               for i, s in enumerate(finite)}
-    return best_w, {"valid_ndcg10": best, **figures}
+    finite = [np.where(np.isfinite(s), s, -1e30).astype(np.float32) for s in member_scores]
+
+    def ndcg(w: np.ndarray) -> float:
+        blend = sum(float(wi) * s for wi, s in zip(w, finite, strict=True) if wi > 0)
+        return summarize(ranks_from_scores(blend, targets, seen))["NDCG@10"]
+
+    alone = [ndcg(np.eye(len(finite))[i]) for i in range(len(finite))]
+    w = np.eye(len(finite))[int(np.argmax(alone))]
+    best = max(alone)
+    for _ in range(rounds):
+        improved = False
+        for i in range(len(finite)):
+            for v in WEIGHT_GRID:
+                if v == w[i]:
+                    continue
+                trial = w.copy()
+                trial[i] = v
+                if not trial.any():
+                    continue
+                score = ndcg(trial)
+                if score > best + 1e-12:
+                    w, best, improved = trial, score, True
+        if not improved:
+            break
+    figures = {f"member{i}_ndcg10": a for i, a in enumerate(alone)}
+    return w / w.sum(), {"valid_ndcg10": best, **figures}
 
 
 def train(dataset: Dataset, train_sequences: list[np.ndarray], out_dir: Path,
@@ -162,7 +176,7 @@ def train(dataset: Dataset, train_sequences: list[np.ndarray], out_dir: Path,
     gens = [backends.load_generator(d) for d in member_dirs]
     scores = [np.concatenate([member_score(g, v_hist[s : s + SCORE_BATCH])
                               for s in range(0, len(v_hist), SCORE_BATCH)]) for g in gens]
-    weights, figures = choose_weights(scores, v_hist, v_tgt, float(opts["weight_step"]))
+    weights, figures = choose_weights(scores, v_hist, v_tgt, int(opts["weight_rounds"]))
     log.info("ensemble: weights %s, validation NDCG@10 %.4f (members %s)", weights.round(2).tolist(),
              figures["valid_ndcg10"], [round(figures[f"member{i}_ndcg10"], 4) for i in range(len(gens))])
     meta = {"members": [{"dir": str(d.relative_to(out_dir)), "backend": g.name, "version": g.version}

@@ -33,7 +33,7 @@ def trained(synthetic_dataset: Dataset, embed_cache: Path,
             tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ensemble")
     backends.train("ensemble", synthetic_dataset, list(synthetic_dataset.sequences()), out,
-                   {"members": _members(embed_cache), "valid_users": 40, "weight_step": 0.25})
+                   {"members": _members(embed_cache), "valid_users": 40})
     return out
 
 
@@ -62,7 +62,7 @@ def test_a_second_train_reuses_the_members(trained: Path, synthetic_dataset: Dat
     before = {p: p.stat().st_mtime_ns for p in trained.glob("members/*/backend.json")}
     caplog.set_level("INFO", logger="dcrec.cloud.models.ensemble")
     backends.train("ensemble", synthetic_dataset, list(synthetic_dataset.sequences()), trained,
-                   {"members": _members(embed_cache), "valid_users": 40, "weight_step": 0.25})
+                   {"members": _members(embed_cache), "valid_users": 40})
     assert {p: p.stat().st_mtime_ns for p in trained.glob("members/*/backend.json")} == before
     assert caplog.text.count("already trained") == 3
 
@@ -77,7 +77,7 @@ def test_choose_weights_finds_the_informative_member() -> None:
     for s in (good, noise):
         s[:, 0] = -np.inf
     hists = [np.array([], dtype=np.int64)] * b
-    w, fig = choose_weights([noise, good], hists, targets, 0.1)
+    w, fig = choose_weights([noise, good], hists, targets)
     assert w[1] > w[0] and fig["valid_ndcg10"] >= fig["member1_ndcg10"]
 
 
@@ -127,3 +127,13 @@ def test_sampled_loss_masks_accidental_hits_and_matches_a_direct_softmax() -> No
         logits = torch.cat([(hp[p] * table[tp[p]]).sum().view(1), table[negs] @ hp[p]])
         expect += -torch.log_softmax(logits, 0)[0]
     assert float(loss) == pytest.approx(float(expect) / 2, rel=1e-5)
+
+
+def test_the_neighbour_index_comes_from_the_ensembles_own_lists(trained: Path) -> None:
+    from dcrec.cloud.models.neighbours import build
+
+    gen = backends.load_generator(trained)
+    index = build(gen, neighbours=5)
+    for item in (1, 9, 17):
+        [c] = gen.generate([np.array([item])], count=5)
+        assert index.items[item][: len(c.items)].tolist() == c.items.tolist()

@@ -145,3 +145,16 @@ def test_holdout_valid_takes_the_newest_item_of_a_sample() -> None:
     assert sorted(targets.tolist()) == [5, 13]  # the length-2 sequence is not eligible
     assert [len(s) for s in train] == [4, 2, 3]
     assert all(np.array_equal(h, t) for h, t in zip(hists, [train[0], train[2]], strict=True))
+
+
+def test_long_sequences_are_cut_into_windows_so_every_event_is_a_target() -> None:
+    from dcrec.cloud.models.textrec.train import _windows
+
+    seq = np.arange(1, 12)  # 11 items, windows of 4 + 1
+    w = _windows([seq, np.array([7])], max_len=4)
+    rows = [r[r > 0].tolist() for r in w]
+    assert rows == [[7, 8, 9, 10, 11], [3, 4, 5, 6, 7], [1, 2, 3]]
+    targets = sorted(t for r in rows for t in r[1:])
+    assert targets == list(range(2, 12))  # each event after the first predicted exactly once
+    newest = _windows([seq], max_len=4, all_windows=False)
+    assert [r[r > 0].tolist() for r in newest] == [[7, 8, 9, 10, 11]]

@@ -54,6 +54,7 @@ class TrainConfig:
     # target and ``n_negatives`` uniform random items drawn for each position (SASRec+SS).
     loss: str = "full"
     n_negatives: int = 256
+    all_windows: bool = True  # cut long sequences into several windows (else the newest only)
 
     def __post_init__(self) -> None:
         if self.loss not in ("full", "sampled"):
@@ -122,9 +123,23 @@ def evaluate(model: TextRecModel, histories: Sequence[np.ndarray], targets: np.n
     return summarize(rank_targets(model, histories, np.asarray(targets), exclude_seen))
 
 
-def _windows(sequences: Sequence[np.ndarray], max_len: int) -> np.ndarray:
-    """(S, max_len + 1) the newest ``max_len + 1`` items of each sequence of length >= 2."""
-    usable = [s for s in sequences if len(s) >= 2]
+def _windows(sequences: Sequence[np.ndarray], max_len: int, all_windows: bool = True) -> np.ndarray:
+    """(S, max_len + 1) training windows of the sequences of length >= 2.
+
+    ``all_windows``: a sequence longer than ``max_len + 1`` is cut into windows of
+    ``max_len + 1`` items from its end backwards, overlapping by one, so every event is
+    a target once (MovieLens users have hundreds); else only the newest window is kept.
+    """
+    usable: list[np.ndarray] = []
+    for s in sequences:
+        if len(s) < 2:
+            continue
+        end = len(s)
+        while end > 1:
+            usable.append(s[max(0, end - max_len - 1) : end])
+            end -= max_len
+            if not all_windows:
+                break
     return left_pad(usable, max_len + 1)
 
 
@@ -221,7 +236,7 @@ def fit(
         log.info("resuming at epoch %d (best NDCG@10 %.4f at epoch %d)", start_epoch, best, best_epoch)
     sig_path.write_text(json.dumps(signature, indent=2))
 
-    windows = _windows(train_sequences, model.cfg.max_len)
+    windows = _windows(train_sequences, model.cfg.max_len, cfg.all_windows)
     lengths = (windows != 0).sum(axis=1)
     valid_targets = np.asarray(valid_targets, dtype=np.int64)
     budget_s = cfg.time_budget_min * 60.0
