@@ -98,16 +98,24 @@ def cmd_eval_rerank(ns: argparse.Namespace) -> int:
 def cmd_cloud_eval(ns: argparse.Namespace) -> int:
     from dcrec.cloud.models.backends import load_generator
     from dcrec.shared.data import load_dataset
-    from dcrec.simulator.bench.cloud_eval import evaluate_loo, markdown
+    from dcrec.simulator.bench.cloud_eval import evaluate_loo, markdown, paired_difference
 
     ds = load_dataset(ns.dataset)
     print(f"data: {ds.describe()}", file=sys.stderr)
     result = evaluate_loo(load_generator(ns.model_dir), ds, ns.count, ns.max_users)
+    others = [evaluate_loo(load_generator(d), ds, ns.count, ns.max_users) for d in ns.compare or []]
     print(f"leave-one-out, fresh history, full catalogue through each top-{ns.count} list "
           f"({result.users} users, lists in {result.seconds:.1f}s)\n")
-    print(markdown([result]))
+    print(markdown([result, *others]))
+    diffs = [paired_difference(result, o) for o in others]
+    for d in diffs:
+        print(f"\nNDCG@10 {d.model} - {d.baseline}: {d.difference:+.4f} "
+              f"[{d.low:+.4f}, {d.high:+.4f}] (95 % paired bootstrap over {d.users} users), "
+              f"ratio {d.ratio:.3f}")
     if ns.json:
-        Path(ns.json).write_text(json.dumps(result.__dict__, indent=2))
+        Path(ns.json).write_text(json.dumps(
+            {**result.summary(), "compared": [o.summary() for o in others],
+             "differences": [d.__dict__ for d in diffs]}, indent=2))
     return 0
 
 
@@ -191,5 +199,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--dataset", default="ml-100k", help="ml-100k, beauty, or a path")
     q.add_argument("--count", type=positive_int, default=100, help="list length; targets beyond it are misses")
     q.add_argument("--max-users", type=positive_int, help="evaluate a random sample of users")
+    q.add_argument("--compare", action="append", metavar="MODEL_DIR",
+                   help="another model to evaluate on the same users; prints the NDCG@10 difference "
+                        "with a 95 %% paired bootstrap interval (repeatable)")
     q.add_argument("--json", help="also write the result here")
     q.set_defaults(fn=cmd_cloud_eval)

@@ -38,6 +38,40 @@ class LooResult:
     count: int  # list length: ranks beyond it are misses
     seconds: float  # wall clock of generating every list
     metrics: dict[str, float] = field(default_factory=dict)
+    # Each test user's NDCG@10, in test order (for paired comparisons; not written to JSON).
+    per_user_ndcg10: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+
+    def summary(self) -> dict[str, object]:
+        return {k: v for k, v in self.__dict__.items() if k != "per_user_ndcg10"}
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """NDCG@10 of one model minus another's over the same users, with a bootstrap interval."""
+
+    model: str
+    baseline: str
+    difference: float
+    low: float
+    high: float
+    ratio: float
+    users: int
+
+
+def paired_difference(a: LooResult, b: LooResult, resamples: int = 2000,
+                      confidence: float = 0.95, seed: int = 0) -> PairedDifference:
+    """Mean per-user NDCG@10 of ``a`` minus ``b``; percentile bootstrap over users, paired."""
+    from scipy.stats import bootstrap
+
+    if a.per_user_ndcg10.shape != b.per_user_ndcg10.shape or a.dataset != b.dataset:
+        raise ValueError(f"{a.version} and {b.version} were not evaluated on the same users")
+    diff = a.per_user_ndcg10 - b.per_user_ndcg10
+    ci = bootstrap((diff,), np.mean, n_resamples=resamples, confidence_level=confidence,
+                   method="percentile", rng=np.random.default_rng(seed)).confidence_interval
+    base = float(b.per_user_ndcg10.mean())
+    return PairedDifference(a.version, b.version, float(diff.mean()), float(ci.low), float(ci.high),
+                            float(a.per_user_ndcg10.mean()) / base if base > 0 else float("inf"),
+                            len(diff))
 
 
 def evaluate_loo(gen: CandidateGenerator, ds: Dataset, count: int = 100,
@@ -60,8 +94,9 @@ def evaluate_loo(gen: CandidateGenerator, ds: Dataset, count: int = 100,
     ranks = ranks_in_lists(items, test.targets)
     metrics = summarize(ranks)
     metrics["recall@list"] = float((ranks >= 0).mean())
+    per_user = np.where((ranks >= 0) & (ranks < 10), 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)
     log.info("LOO %s on %s: %d users in %.1fs", gen.version, ds.name, len(test), seconds)
-    return LooResult(gen.name, gen.version, ds.name, len(test), count, seconds, metrics)
+    return LooResult(gen.name, gen.version, ds.name, len(test), count, seconds, metrics, per_user)
 
 
 def markdown(results: list[LooResult]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -125,3 +126,27 @@ def test_load_generator_and_bench_summary(cloud_model_dir: Path) -> None:
                                 "batch_max_wait_ms": 5.0, "workers": 16},
                      "version": "v", "backend": "b", "cpus": 2, "summary": [entry]})
     assert "| 8 | batching | 325.0 |" in text and "2.95x" in text
+
+
+def test_eval_compare_gives_a_paired_interval(cloud_model_dir: Path, ml100k: Dataset,
+                                              tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dcrec.cloud.models import backends
+    from dcrec.simulator.bench.cloud_eval import paired_difference
+
+    other = tmp_path / "narrow"  # a weaker co-occurrence table: one neighbour window, few votes
+    backends.train("cooccurrence", ml100k, list(ml100k.sequences()), other, {"window": 1, "recent": 1})
+    out_json = tmp_path / "eval.json"
+    assert main(["cloud", "eval", "--model-dir", str(cloud_model_dir), "--dataset", "ml-100k",
+                 "--max-users", "300", "--compare", str(other), "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert len([line for line in out.splitlines() if line.startswith("| ")]) == 3  # head, 2 rows
+    saved = json.loads(out_json.read_text())
+    [d] = saved["differences"]
+    assert d["low"] <= d["difference"] <= d["high"] and d["users"] == 300
+    assert "per_user_ndcg10" not in saved
+    # The difference is the mean of per-user differences, and a model against itself is exactly 0.
+    a = evaluate_loo(load_generator(cloud_model_dir), ml100k, max_users=300)
+    b = evaluate_loo(load_generator(other), ml100k, max_users=300)
+    assert d["difference"] == pytest.approx(a.metrics["NDCG@10"] - b.metrics["NDCG@10"], abs=1e-9)
+    same = paired_difference(a, a)
+    assert same.difference == same.low == same.high == 0.0
