@@ -66,14 +66,19 @@ def hit_rate(ranks: np.ndarray, k: int) -> float:
     return float(((ranks >= 0) & (ranks < k)).mean())
 
 
+def ndcg_gains(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Each user's NDCG@k with one relevant item: ``1 / log2(rank + 2)`` inside the top k, else 0."""
+    ranks = np.asarray(ranks)
+    inside = (ranks >= 0) & (ranks < k)
+    return np.where(inside, 1.0 / np.log2(np.where(inside, ranks, 0) + 2.0), 0.0)
+
+
 def ndcg(ranks: np.ndarray, k: int) -> float:
-    """Mean NDCG@k with one relevant item: ``1 / log2(rank + 2)`` inside the top k."""
+    """Mean NDCG@k with one relevant item (:func:`ndcg_gains`)."""
     ranks = np.asarray(ranks)
     if ranks.size == 0:
         return 0.0
-    inside = (ranks >= 0) & (ranks < k)
-    gains = np.where(inside, 1.0 / np.log2(np.where(inside, ranks, 0) + 2.0), 0.0)
-    return float(gains.mean())
+    return float(ndcg_gains(ranks, k).mean())
 
 
 def mrr(ranks: np.ndarray, k: int | None = None) -> float:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from dcrec.cloud.models.backends import write_manifest
-from dcrec.cloud.models.generator import CandidateList
+from dcrec.cloud.models.generator import CandidateList, top_k
 from dcrec.shared.data import Dataset
 
 log = logging.getLogger(__name__)
@@ -112,30 +112,6 @@ class CooccurrenceGenerator:
             keep = np.isfinite(v)  # padding and excluded items score -inf
             out.append(CandidateList(it[keep].astype(np.int64), v[keep]))
         return out
-
-
-def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` best columns of each row of ``scores`` (B, M): (B, k) ids and (B, k) values.
-
-    Ordered by score descending, ties by smaller id: a total order, so the
-    top ``k`` is always a prefix of the top ``k + 1`` and a row's answer never
-    depends on the other rows or on ``k`` (what lets a batching server cut one
-    long list into each request's count).
-    """
-    b, m = scores.shape
-    k = min(k, m)
-    cols = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    kth = np.take_along_axis(scores, cols, axis=1).min(axis=1)[:, None]  # k-th best value
-    above = (scores > kth).sum(axis=1)
-    straddle = np.flatnonzero(above + (scores == kth).sum(axis=1) > k)
-    if straddle.size:  # ties at the cut: keep the smallest tied ids, whatever argpartition chose
-        s = scores[straddle]
-        tied = s == kth[straddle]
-        take = (s > kth[straddle]) | (tied & (np.cumsum(tied, axis=1) <= (k - above[straddle])[:, None]))
-        cols[straddle] = np.nonzero(take)[1].reshape(straddle.size, k)
-    vals = np.take_along_axis(scores, cols, axis=1)
-    order = np.lexsort((cols, -vals), axis=1)  # score descending, then id ascending
-    return np.take_along_axis(cols, order, axis=1), np.take_along_axis(vals, order, axis=1)
 
 
 def fit(train_sequences: Sequence[np.ndarray], n_items: int,

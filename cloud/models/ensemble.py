@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from dcrec.cloud.models.backends import read_manifest, write_manifest
-from dcrec.cloud.models.generator import CandidateList, catalogue_scores
+from dcrec.cloud.models.generator import CandidateList, catalogue_scores, checked_histories, top_k
 from dcrec.cloud.models.textrec.backend import holdout_valid
 from dcrec.shared.data import Dataset
 from dcrec.shared.fileio import write_atomic
@@ -216,25 +216,18 @@ class EnsembleGenerator:
                  exclude_seen: bool = True) -> list[CandidateList]:
         if count < 1:
             raise ValueError(f"count must be >= 1, got {count}")
-        histories = [np.asarray(h, dtype=np.int64) for h in histories]
-        for h in histories:
-            if h.size and (h.min() < 1 or h.max() > self.n_items):
-                raise ValueError(f"history has item ids outside 1..{self.n_items}")
+        histories = checked_histories(histories, self.n_items)
         if not histories:
             return []
         scores = self.score(histories)
         if exclude_seen:
             for i, h in enumerate(histories):
                 scores[i, h] = -np.inf
-        k = min(count, self.n_items)
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        items, vals = top_k(scores, min(count, self.n_items))
         out = []
-        for row, idx in enumerate(top):
-            vals = scores[row, idx]
-            order = np.lexsort((idx, -vals))  # best first, ties by id
-            idx, vals = idx[order], vals[order]
-            keep = np.isfinite(vals)
-            out.append(CandidateList(idx[keep].astype(np.int64), vals[keep].astype(np.float32)))
+        for it, v in zip(items, vals, strict=True):
+            keep = np.isfinite(v)  # padding and excluded items score -inf
+            out.append(CandidateList(it[keep].astype(np.int64), v[keep].astype(np.float32)))
         return out
 
 

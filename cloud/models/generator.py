@@ -70,3 +70,36 @@ def catalogue_scores(gen: CandidateGenerator, histories: Sequence[np.ndarray]) -
     for row, c in enumerate(gen.generate(histories, gen.n_items, exclude_seen=False)):
         out[row, c.items] = c.scores
     return out
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best columns of each row of ``scores`` (B, M): (B, k) ids and (B, k) values.
+
+    Ordered by score descending, ties by smaller id: a total order, so the
+    top ``k`` is always a prefix of the top ``k + 1`` and a row's answer never
+    depends on the other rows or on ``k`` (what lets a batching server cut one
+    long list into each request's count).
+    """
+    b, m = scores.shape
+    k = min(k, m)
+    cols = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    kth = np.take_along_axis(scores, cols, axis=1).min(axis=1)[:, None]  # k-th best value
+    above = (scores > kth).sum(axis=1)
+    straddle = np.flatnonzero(above + (scores == kth).sum(axis=1) > k)
+    if straddle.size:  # ties at the cut: keep the smallest tied ids, whatever argpartition chose
+        s = scores[straddle]
+        tied = s == kth[straddle]
+        take = (s > kth[straddle]) | (tied & (np.cumsum(tied, axis=1) <= (k - above[straddle])[:, None]))
+        cols[straddle] = np.nonzero(take)[1].reshape(straddle.size, k)
+    vals = np.take_along_axis(scores, cols, axis=1)
+    order = np.lexsort((cols, -vals), axis=1)  # score descending, then id ascending
+    return np.take_along_axis(cols, order, axis=1), np.take_along_axis(vals, order, axis=1)
+
+
+def checked_histories(histories: Sequence[np.ndarray], n_items: int) -> list[np.ndarray]:
+    """The histories as int64 arrays; an id outside ``1..n_items`` is a ValueError."""
+    out = [np.asarray(h, dtype=np.int64) for h in histories]
+    for h in out:
+        if h.size and (h.min() < 1 or h.max() > n_items):
+            raise ValueError(f"history has item ids outside 1..{n_items}")
+    return out

@@ -66,19 +66,10 @@ def _trained_backend(ds: Dataset, train: list[np.ndarray], valid: EvalSet, cfg: 
                      name: str, backend: str, options: dict[str, Any]) -> Any:
     """``backend`` trained on the training sequences ending in the validation targets, cached
     in the work directory with its settings (``--reuse``)."""
-    import json
-
-    from dcrec.cloud.models import backends
+    from dcrec.simulator.bench.scoring import trained_backend
 
     out = Path(cfg.workdir) / ds.name / f"seed{seed}" / f"loo-{name}"
-    key = json.loads(json.dumps({"backend": backend, "options": options, "n_items": ds.n_items}))
-    marker = out / "loo.json"
-    if not (cfg.reuse and marker.is_file() and json.loads(marker.read_text()) == key
-            and (out / backends.MANIFEST).is_file()):
-        marker.unlink(missing_ok=True)
-        backends.train(backend, ds, _with_valid(train, valid), out, options)
-        marker.write_text(json.dumps(key, indent=2))
-    return backends.load_generator(out)
+    return trained_backend(ds, backend, options, _with_valid(train, valid), out, cfg.reuse)
 
 
 def sasrec(ds: Dataset, train: list[np.ndarray], valid: EvalSet, test: EvalSet,

@@ -23,7 +23,7 @@ import numpy as np
 
 from dcrec.cloud.models.generator import CandidateGenerator
 from dcrec.shared.data import Dataset
-from dcrec.shared.metrics import ranks_in_lists, summarize
+from dcrec.shared.metrics import ndcg_gains, ranks_in_lists, summarize
 from dcrec.shared.splits import leave_one_out
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def evaluate_loo(gen: CandidateGenerator, ds: Dataset, count: int = 100,
     ranks = ranks_in_lists(items, test.targets)
     metrics = summarize(ranks)
     metrics["recall@list"] = float((ranks >= 0).mean())
-    per_user = np.where((ranks >= 0) & (ranks < 10), 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)
+    per_user = ndcg_gains(ranks, 10)
     log.info("LOO %s on %s: %d users in %.1fs", gen.version, ds.name, len(test), seconds)
     return LooResult(gen.name, gen.version, ds.name, len(test), count, seconds, metrics, per_user)
 

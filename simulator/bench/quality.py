@@ -55,6 +55,7 @@ from dcrec.simulator.bench.scoring import (
     seen_mask,
     srm_candidate_scores,
     srm_full_scores,
+    trained_backend,
 )
 
 log = logging.getLogger(__name__)
@@ -511,41 +512,10 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
     return rows, info
 
 
-CLOUD_MARKER = "harness.json"  # what a harness-trained cloud model was trained on
-
-
-def _cloud_key(ds: Dataset, cfg: QualityConfig, sequences: list[np.ndarray]) -> dict[str, Any]:
-    """Backend, options and a digest of the training sequences: what decides the cloud model."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for seq in sequences:
-        h.update(np.asarray(seq, dtype=np.int64).tobytes())
-        h.update(b"|")
-    key = {"backend": cfg.cloud_backend, "options": cfg.cloud_options, "n_items": ds.n_items,
-           "sequences": len(sequences), "sha256": h.hexdigest()}
-    return json.loads(json.dumps(key))  # as it reads back from the file
-
-
 def _cloud(ds: Dataset, cfg: QualityConfig, sequences: list[np.ndarray], out: Path,
            say: Callable[[str], None]) -> backends.CandidateGenerator:
-    """The cloud model trained on ``sequences`` in ``out``; with ``reuse``, the one already
-    there when it was trained on the same sequences with the same backend and options."""
-    key = _cloud_key(ds, cfg, sequences)
-    marker = out / CLOUD_MARKER
-    if cfg.reuse and marker.is_file() and (out / backends.MANIFEST).is_file():
-        try:
-            same = json.loads(marker.read_text()) == key
-        except ValueError:
-            same = False
-        if same:
-            say(f"reusing the cloud model ({cfg.cloud_backend}) in {out}")
-            return backends.load_generator(out)
-    say(f"training the cloud model ({cfg.cloud_backend}) on the cloud's view")
-    marker.unlink(missing_ok=True)
-    backends.train(cfg.cloud_backend, ds, sequences, out, cfg.cloud_options)
-    marker.write_text(json.dumps(key, indent=2))
-    return backends.load_generator(out)
+    """The harness's cloud model (``cfg.cloud_backend``) trained on ``sequences`` in ``out``."""
+    return trained_backend(ds, cfg.cloud_backend, cfg.cloud_options, sequences, out, cfg.reuse, say)
 
 
 def _train_on_lists(ds: Dataset, cfg: QualityConfig, seed: int, train: list[np.ndarray],

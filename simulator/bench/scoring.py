@@ -1,4 +1,5 @@
-"""Batched scoring helpers for the offline harness (torch models, cloud generators).
+"""Batched scoring helpers for the offline harness (torch models, cloud generators), and the
+reuse-aware training of the models it scores.
 
 Shapes: histories are lists of (n,) arrays; candidate lists are (M, C) int64
 padded with 0 and scores (M, C) float32 padded with -inf.
@@ -6,11 +7,16 @@ padded with 0 and scores (M, C) float32 padded with -inf.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from dcrec.cloud.models import backends
 from dcrec.cloud.models.generator import CandidateGenerator
+from dcrec.shared.data import Dataset
 
 
 def cloud_lists(gen: CandidateGenerator, histories: Sequence[np.ndarray], count: int,
@@ -78,3 +84,42 @@ def seen_mask(histories: Sequence[np.ndarray], n_items: int) -> np.ndarray:
     for j, h in enumerate(histories):
         mask[j, h] = True
     return mask
+
+
+CLOUD_MARKER = "harness.json"  # what a harness-trained cloud model was trained on
+
+
+def _model_key(ds: Dataset, backend: str, options: dict[str, Any],
+               sequences: list[np.ndarray]) -> dict[str, Any]:
+    """Backend, options and a digest of the training sequences: what decides a trained model."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for seq in sequences:
+        h.update(np.asarray(seq, dtype=np.int64).tobytes())
+        h.update(b"|")
+    key = {"backend": backend, "options": options, "n_items": ds.n_items,
+           "sequences": len(sequences), "sha256": h.hexdigest()}
+    return json.loads(json.dumps(key))  # as it reads back from the file
+
+
+def trained_backend(ds: Dataset, backend: str, options: dict[str, Any], sequences: list[np.ndarray],
+                    out: Path, reuse: bool,
+                    say: Callable[[str], None] = lambda s: None) -> backends.CandidateGenerator:
+    """``backend`` trained on ``sequences`` in ``out``; with ``reuse``, the one already there
+    when it was trained on the same sequences with the same backend and options."""
+    key = _model_key(ds, backend, options, sequences)
+    marker = out / CLOUD_MARKER
+    if reuse and marker.is_file() and (out / backends.MANIFEST).is_file():
+        try:
+            same = json.loads(marker.read_text()) == key
+        except ValueError:
+            same = False
+        if same:
+            say(f"reusing the cloud model ({backend}) in {out}")
+            return backends.load_generator(out)
+    say(f"training the cloud model ({backend}) on the cloud's view")
+    marker.unlink(missing_ok=True)
+    backends.train(backend, ds, sequences, out, options)
+    marker.write_text(json.dumps(key, indent=2))
+    return backends.load_generator(out)

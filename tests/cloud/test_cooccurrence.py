@@ -53,7 +53,7 @@ def test_unknown_option_and_backend_are_rejected(tmp_path: Path, ml100k) -> None
 
 
 def test_top_k_is_a_total_order_whatever_k() -> None:
-    from dcrec.cloud.models.cooccurrence import top_k
+    from dcrec.cloud.models.generator import top_k
 
     rng = np.random.default_rng(0)
     scores = rng.integers(0, 4, size=(5, 40)).astype(np.float32)  # many ties

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from dcrec.cloud.models.backends import write_manifest
-from dcrec.cloud.models.generator import CandidateList
+from dcrec.cloud.models.generator import CandidateList, checked_histories
 from dcrec.cloud.models.text_embed import DEFAULT_MAX_TOKENS, ENCODERS, embed_texts
 from dcrec.cloud.models.textrec.model import TextRecConfig, TextRecModel
 from dcrec.cloud.models.textrec.train import TrainConfig, fit, left_pad
@@ -170,10 +170,7 @@ class TextRecGenerator:
     ) -> list[CandidateList]:
         if count < 1:
             raise ValueError(f"count must be >= 1, got {count}")
-        histories = [np.asarray(h, dtype=np.int64) for h in histories]
-        for h in histories:
-            if h.size and (h.min() < 1 or h.max() > self.n_items):
-                raise ValueError(f"history has item ids outside 1..{self.n_items}")
+        histories = checked_histories(histories, self.n_items)
         if not histories:
             return []
         scores = self.score(histories)
