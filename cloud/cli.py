@@ -196,7 +196,7 @@ def cmd_cloud_publish(ns: argparse.Namespace) -> int:
     config = json.loads(Path(ns.config).read_text()) if ns.config else {}
     registry = ModelRegistry(ns.registry, _signer(ns))
     version = registry.publish(ns.model, config, ns.version, make_current=not ns.no_promote,
-                               neighbours=ns.neighbours)
+                               neighbours=ns.neighbours, request_model=ns.request_model)
     live = " (live)" if not ns.no_promote else ""
     print(f"published device model {version}{live} to {ns.registry}")
     return 0
@@ -208,6 +208,24 @@ def cmd_cloud_publish_cloud(ns: argparse.Namespace) -> int:
     version = CloudModelRegistry(ns.registry).publish(ns.model_dir, ns.version,
                                                       make_current=not ns.no_promote)
     print(f"published cloud model {version} to {ns.registry}")
+    return 0
+
+
+def cmd_cloud_request_model(ns: argparse.Namespace) -> int:
+    from dcrec.cloud.training.request_value import train_request_model
+
+    ds, split = load_split(ns.dataset, ns.cloud_fraction)
+    start = time.perf_counter()
+    out = Path(ns.out)
+    workdir = Path(ns.workdir) if ns.workdir else out.with_name(out.stem + "-work")
+    summary = train_request_model(ds, split.cloud_sequences(), Path(ns.device_model), out, workdir,
+                                  ns.backend, options(ns.option),
+                                  Path(ns.neighbours) if ns.neighbours else None, users=ns.users,
+                                  lag=ns.lag, seed=ns.seed,
+                                  say=lambda s: print(s, file=sys.stderr, flush=True))
+    print(f"request model from {summary['users']} replayed users (a fresh list helped "
+          f"{summary['helped']:.1%}, hurt {summary['hurt']:.1%}) written to {out} in "
+          f"{time.perf_counter() - start:.0f}s")
     return 0
 
 
@@ -399,6 +417,8 @@ def _release_parsers(cloud: argparse._SubParsersAction) -> None:  # type: ignore
     q.add_argument("--model", required=True)
     q.add_argument("--config", help="JSON file with the model's settings (max_len, ...)")
     q.add_argument("--neighbours", help="a neighbour index (dcrec cloud neighbours) to release with it")
+    q.add_argument("--request-model",
+                   help="a request-value model (dcrec cloud request-model) to release with it")
     q.add_argument("--version")
     q.add_argument("--signing-key", help="Ed25519 private key (PEM) to sign the release")
     q.add_argument("--no-promote", action="store_true", help="publish without making it live")
@@ -409,6 +429,22 @@ def _release_parsers(cloud: argparse._SubParsersAction) -> None:  # type: ignore
     q.add_argument("--version")
     q.add_argument("--no-promote", action="store_true")
     q.set_defaults(fn=cmd_cloud_publish_cloud)
+    q = cloud.add_parser("request-model",
+                         help="train the request-value model a release carries (learned request policy)")
+    data_args(q)
+    q.add_argument("--device-model", required=True,
+                   help="the device model's folder (model.onnx and model.json from dcrec device train)")
+    q.add_argument("--neighbours", help="the neighbour index the release carries (dcrec cloud neighbours)")
+    q.add_argument("--backend", default=DEFAULT_BACKEND,
+                   help="the cloud's backend, as dcrec cloud train ran it (a fold copy is trained "
+                        "without the replayed users' last items)")
+    q.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", type=key_value)
+    q.add_argument("--users", type=positive_int, default=3000, help="users replayed (out of fold)")
+    q.add_argument("--lag", type=positive_int, default=2, help="events between the list and the label")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--workdir", help="where the fold cloud is kept (default: beside --out)")
+    q.add_argument("--out", required=True, help="the request model (JSON) for dcrec cloud publish")
+    q.set_defaults(fn=cmd_cloud_request_model)
     q = cloud.add_parser("neighbours",
                          help="build the neighbour index devices use between requests (local lists)")
     q.add_argument("--model-dir", required=True, help="a trained cloud model (any backend)")

@@ -20,6 +20,9 @@ Budgeted policies (:mod:`dcrec.device.budget`: a token bucket refilled by
   tracks the device's own score quantile, so about ``target_ratio`` of events
   trigger; also when the list expired or is mostly consumed, and when the
   bucket is full (a token left unused would be lost);
+* :class:`LearnedPolicy` — the same budget spent on the events whose predicted gain
+  (the release's request-value model, :mod:`dcrec.shared.request_value`) is highest;
+  without a model it behaves as :class:`BudgetedPolicy` and says so in the log;
 * :class:`RandomPolicy` — requests at random events, same budget;
 * :class:`PeriodicPolicy` — every ``1 / target_ratio`` events, same budget.
 
@@ -38,6 +41,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +49,8 @@ from typing import Protocol, runtime_checkable
 
 from dcrec.device.budget import QuantileTracker, TokenBucket, random_phase
 from dcrec.shared.contract import Reason
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,9 @@ class PolicyInput:
     total: int  # candidates in the cached list
     disagreement: float  # in [0, 1]; 0 = device and cloud agree
     events_since_request: int
+    # The release's request-value model's prediction of what a fresh list gains now
+    # (NDCG@10; dcrec.shared.request_value); None when the runtime holds no such model.
+    value: float | None = None
 
 
 class RequestPolicy(Protocol):
@@ -227,6 +236,47 @@ class BudgetedPolicy(_Budgeted):
 
 
 @dataclass
+class LearnedPolicy(BudgetedPolicy):
+    """Requests when the predicted gain of a fresh list is in the top ``trigger_ratio`` of this
+    device's recent predictions (an online quantile, as :class:`BudgetedPolicy` tracks the
+    disagreement), under the same bucket. The runtime computes the prediction only for a policy
+    that sets ``wants_value``; with no request model in the release (``value`` None) the policy
+    falls back to the disagreement threshold and logs it once."""
+
+    name: str = "learned"
+    wants_value: bool = True
+    value_prior: float = 0.0  # predicted gain a new device's threshold starts from
+    value_tracker: QuantileTracker = field(init=False)
+    _fallback_logged: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.value_tracker = QuantileTracker(self.trigger_ratio, self.value_prior, self.window)
+
+    def _trigger(self, s: PolicyInput) -> Reason | None:
+        if not s.has_list:
+            return None
+        if s.value is None:
+            if not self._fallback_logged:
+                log.warning("learned request policy: the installed release has no usable request "
+                            "model; falling back to the budgeted (disagreement) policy")
+                self._fallback_logged = True
+            return super()._trigger(s)
+        if self._fallback_logged:
+            log.info("learned request policy: request model available again; using it")
+            self._fallback_logged = False
+        return Reason.DISAGREEMENT if self.value_tracker.update(s.value) else None
+
+    def state(self) -> dict[str, object]:
+        return {**super().state(), "value_tracker": self.value_tracker.state()}
+
+    def load_state(self, state: dict[str, object]) -> None:
+        super().load_state(state)
+        if "value_tracker" in state:
+            self.value_tracker.load_state(state["value_tracker"])  # type: ignore[arg-type]
+
+
+@dataclass
 class RandomPolicy(_Budgeted):
     name: str = "random"
     _rng: random.Random = field(init=False)
@@ -255,6 +305,8 @@ _FACTORIES: dict[str, Callable[[float, float, int | None, float], RequestPolicy]
     "always": lambda threshold, ratio, seed, capacity: AlwaysPolicy(),
     "never": lambda threshold, ratio, seed, capacity: NeverPolicy(),
     "budgeted": lambda threshold, ratio, seed, capacity: BudgetedPolicy(
+        target_ratio=ratio, capacity=capacity, seed=seed, threshold=threshold),
+    "learned": lambda threshold, ratio, seed, capacity: LearnedPolicy(
         target_ratio=ratio, capacity=capacity, seed=seed, threshold=threshold),
     "random": lambda threshold, ratio, seed, capacity: RandomPolicy(
         target_ratio=ratio, capacity=capacity, seed=seed),

@@ -29,6 +29,7 @@ import onnxruntime as ort
 
 from dcrec.shared.errors import DeviceDataError
 from dcrec.shared.neighbours import NeighbourIndex
+from dcrec.shared.request_value import RequestValueModel
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,8 @@ class OnnxReranker:
             raise ValueError(f"n_items must be >= 1, got {n_items}")
         self.n_items = n_items  # catalogue size, when known: enables score_catalogue
         self.neighbours: NeighbourIndex | None = None  # the cloud's index released with the model
+        # the release's request-value model (config "request_model"), when it carries one
+        self.request_model: RequestValueModel | None = None
         self.session = _session(data, threads)
         # What the export wrote into the file (all strings); empty for older exports.
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)

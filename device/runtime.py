@@ -63,6 +63,7 @@ from dcrec.shared.agreement import (
 )
 from dcrec.shared.contract import CandidatesRequest, Reason
 from dcrec.shared.neighbours import NeighbourIndex
+from dcrec.shared.request_value import RequestValueModel, situation_features
 
 log = logging.getLogger(__name__)
 
@@ -211,9 +212,11 @@ class DeviceRuntime:
                  client: CloudClient | None, policy: RequestPolicy | None = None,
                  config: RuntimeConfig | None = None,
                  clock: Callable[[], float] = time.time,
-                 neighbours: NeighbourIndex | None = None) -> None:
+                 neighbours: NeighbourIndex | None = None,
+                 request_model: RequestValueModel | None = None) -> None:
         self.device_id = device_id
         self.neighbours = neighbours  # None: the reranker's own index, if its release has one
+        self._request_model = request_model  # None: the reranker's release's, if it has one
         self.store = store
         self.reranker = reranker
         self.client = client
@@ -238,6 +241,7 @@ class DeviceRuntime:
         self._shown = np.zeros(0, dtype=np.int64)
         self._remaining = 0  # cloud candidates not consumed yet
         self._disagreement = 0.0
+        self._value: float | None = None  # the request model's predicted gain of a fresh list now
         self._last: _Scored | None = None
         self._live: _Live | None = None
         self._seen_mask = _SeenMask()
@@ -330,14 +334,35 @@ class DeviceRuntime:
             log.debug("%s: request failed (%s); serving the cached list", self.device_id, e)
             return False
         latency_ms = (time.perf_counter() - start) * 1e3
-        self.cached = CachedList(resp.items, resp.scores, resp.list_id, resp.model_version,
-                                 now, resp.ttl_seconds)
-        self.store.save_list(self.cached)
+        self.adopt(CachedList(resp.items, resp.scores, resp.list_id, resp.model_version,
+                              now, resp.ttl_seconds))
         self.store.log_request(now, reason.label, True, latency_ms, resp.list_id)
+        return True
+
+    def adopt(self, cached: CachedList) -> None:
+        """Hold ``cached`` as the cloud's list, as a successful request does (stored, reranked)."""
+        self.cached = cached
+        self.store.save_list(cached)
         self.events_since_request = 0
         self._list_fresh = True
         self._rerank()
-        return True
+
+    def request_features(self, temperature: float = 2.0, show: int = 10, top: int = 20
+                         ) -> np.ndarray | None:
+        """The request-value features (:data:`dcrec.shared.request_value.FEATURES`) of the
+        situation now, computed as the ``learned`` policy's events compute them; None without a
+        cached list or a model that scores the catalogue. What the cloud replays to label."""
+        history = self._history()
+        if self.cached is None or self.reranker is None or history.size == 0:
+            return None
+        every = self._catalogue_scores(history)
+        if every is None:
+            return None
+        live = self._live_candidates()
+        local = None if self._list_fresh else self._local_list(history)
+        device_scores = self._device_scores(history, live.items, every)[0]
+        return self._situation(self._open_catalogue(every), live, device_scores, history, local,
+                               temperature, show, top)
 
     # --- learning from the user's choices ------------------------------------------------------
     def _learn(self, item: int) -> None:
@@ -442,8 +467,16 @@ class DeviceRuntime:
         return self._guard.usable(self.store.recent(self.config.history_window), self.catalogue_size(),
                                   self._model_version())
 
+    @property
+    def request_model(self) -> RequestValueModel | None:
+        """The request-value model in use: the one given to the runtime, else the release's."""
+        if self._request_model is not None:
+            return self._request_model
+        return getattr(self.reranker, "request_model", None)
+
     def _rerank(self) -> None:
         history = self._history()
+        self._value = None
         local = None if self._list_fresh else self._local_list(history)
         if self.cached is None and local is None:
             self._shown = np.zeros(0, dtype=np.int64)
@@ -472,8 +505,10 @@ class DeviceRuntime:
             self._shown, self._disagreement, self._last = shown, 0.0, None
             return
         catalogue = self.config.measure in CATALOGUE_MEASURES
+        value_model = (self.request_model if getattr(self.policy, "wants_value", False)
+                       and self.cached is not None else None)
         every = (self._catalogue_scores(history)
-                 if catalogue or self.config.device_candidates else None)
+                 if catalogue or self.config.device_candidates or value_model is not None else None)
         open_scores = self._open_catalogue(every) if every is not None else None
         top = self._catalogue_top(open_scores) if open_scores is not None else None
         extra = self._device_picks(open_scores, top, items) if self.config.device_candidates else None
@@ -489,6 +524,9 @@ class DeviceRuntime:
         fused = blend(cloud_norm, normalise(device_scores, scale, order), self.alpha)
         self._shown = items[descending_order(fused)]
         self._last = _Scored(items, cloud_scores, device_scores, raw, emb, self._model_version())
+        if value_model is not None and open_scores is not None:
+            self._value = self._request_value(value_model, open_scores, live, device_scores, history,
+                                              local)
         if catalogue:
             self._disagreement = self._catalogue_disagreement(open_scores, top)
             return
@@ -503,6 +541,25 @@ class DeviceRuntime:
             cloud_order = live.cloud(self.config.scale)[1]
         self._disagreement = disagreement(cloud_order, device_order, self.config.measure,
                                           self.config.measure_top)
+
+    def _request_value(self, model: RequestValueModel, open_scores: np.ndarray, live: _Live,
+                       device_scores: np.ndarray, history: np.ndarray,
+                       local: tuple[np.ndarray, np.ndarray] | None) -> float:
+        """The request model's predicted gain of a fresh list, from the features the harness
+        trained it on (:func:`dcrec.shared.request_value.situation_features`). The cached
+        candidates come first in ``device_scores`` (blending and the device's picks append)."""
+        x = self._situation(open_scores, live, device_scores[: live.items.size], history, local,
+                            model.temperature, model.show, model.top)
+        return float(model.predict(x[None, :])[0])
+
+    def _situation(self, open_scores: np.ndarray, live: _Live, live_device: np.ndarray,
+                   history: np.ndarray, local: tuple[np.ndarray, np.ndarray] | None,
+                   temperature: float, show: int, top: int) -> np.ndarray:
+        n = min(self.events_since_request, history.size)
+        return situation_features(open_scores, self._shown[:show], live.items, live.scores,
+                                  live_device, self.cached.items,  # type: ignore[union-attr]
+                                  history[history.size - n:], len(self.store.seen()),
+                                  None if local is None else local[0], temperature, show, top)
 
     def _open_catalogue(self, catalogue: np.ndarray) -> np.ndarray:
         """(N+1,) float64 copy of the catalogue scores with padding and, when ``exclude_seen``,
@@ -565,7 +622,7 @@ class DeviceRuntime:
         return PolicyInput(now=now, has_list=c is not None, list_age_s=c.age(now) if c else 0.0,
                            ttl_s=c.ttl_seconds if c else 0.0, remaining=remaining,
                            total=c.items.size if c else 0, disagreement=self._disagreement,
-                           events_since_request=self.events_since_request)
+                           events_since_request=self.events_since_request, value=self._value)
 
     # --- learned state in the store -------------------------------------------------------------
     def _load_state(self) -> None:

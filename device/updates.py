@@ -48,6 +48,7 @@ from dcrec.shared.contract import DeviceModel
 from dcrec.shared.errors import DeviceDataError
 from dcrec.shared.fileio import write_atomic
 from dcrec.shared.neighbours import NeighbourIndex, NeighbourIndexError
+from dcrec.shared.request_value import RequestModelError, RequestValueModel
 from dcrec.shared.signatures import SignatureError, TrustedKeys, check_signature
 from dcrec.shared.signatures import (
     load_trusted_keys as load_trusted_keys,  # part of this module's API
@@ -128,6 +129,24 @@ def _neighbour_index(model: DeviceModel, config: dict[str, Any]) -> NeighbourInd
     return index
 
 
+def _request_model_error(config: dict[str, Any]) -> str:
+    try:
+        RequestValueModel.from_dict(config.get("request_model"))
+    except RequestModelError as e:
+        return str(e)
+    return ""
+
+
+def _request_model(config: dict[str, Any]) -> RequestValueModel | None:
+    """The release's request-value model (config ``request_model``), or None without a usable one."""
+    if "request_model" not in config:
+        return None
+    try:
+        return RequestValueModel.from_dict(config["request_model"])
+    except RequestModelError:
+        return None
+
+
 def _read_pointer(model_dir: Path) -> dict[str, Any] | None:
     path = model_dir / POINTER
     if not path.is_file():
@@ -162,12 +181,19 @@ def install(model: DeviceModel, model_dir: str | Path, threads: int = 1,
     floor = installed_sequence(d)
     config = verify(model, trusted, max(floor - 1, 0) if reinstall else floor)
     index = _neighbour_index(model, config)  # (its checks are cheaper than loading the model)
+    request_model = _request_model(config)
+    if request_model is None and "request_model" in config:
+        # signed and verified, yet unreadable here (e.g. a newer format): the release still
+        # serves; the learned policy falls back to the budgeted one and logs it
+        log.warning("model %s: its request model is unusable (%s); the learned request policy "
+                    "falls back to the budgeted one", model.version, _request_model_error(config))
     try:
         reranker = OnnxReranker(model.onnx, int(config["max_len"]), model.version, threads,
                                 _n_items(config))
     except ModelLoadError as e:
         raise ModelRejected(f"model {model.version}: {e}") from e
     reranker.neighbours = index
+    reranker.request_model = request_model
     d.mkdir(parents=True, exist_ok=True)
     name = f"model-{model.sequence}-{model.sha256[:12]}.onnx"
     write_atomic(d / name, model.onnx)
@@ -214,6 +240,10 @@ def _from_pointer(d: Path, pointer: dict[str, Any], threads: int) -> OnnxReranke
     if got != sha:
         raise _Unusable(f"{name} is damaged (sha256 {got[:12]}, installed as {sha[:12]})")
     reranker = OnnxReranker(data, max_len, version, threads, _n_items(config))
+    reranker.request_model = _request_model(config)
+    if reranker.request_model is None and "request_model" in config:
+        log.warning("%s: installed request model unusable (%s); the learned request policy falls "
+                    "back to the budgeted one", d, _request_model_error(config))
     if pointer.get("neighbours_file"):
         try:
             index_file = d / _file_name(pointer["neighbours_file"])

@@ -14,8 +14,10 @@ and one line in ``BACKENDS``.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +96,40 @@ def load_generator(model_dir: str | Path) -> CandidateGenerator:
     if not isinstance(gen, CandidateGenerator):
         raise BackendError(f"{model_dir}: backend returned {type(gen).__name__}, not a CandidateGenerator")
     return gen
+
+
+REUSE_MARKER = "harness.json"  # what a reusable trained model was trained on (trained_backend)
+
+
+def _model_key(ds: Dataset, backend: str, options: dict[str, Any],
+               sequences: list[np.ndarray]) -> dict[str, Any]:
+    """Backend, options and a digest of the training sequences: what decides a trained model."""
+    h = hashlib.sha256()
+    for seq in sequences:
+        h.update(np.asarray(seq, dtype=np.int64).tobytes())
+        h.update(b"|")
+    key = {"backend": backend, "options": options, "n_items": ds.n_items,
+           "sequences": len(sequences), "sha256": h.hexdigest()}
+    return json.loads(json.dumps(key))  # as it reads back from the file
+
+
+def trained_backend(ds: Dataset, backend: str, options: dict[str, Any], sequences: list[np.ndarray],
+                    out: Path, reuse: bool,
+                    say: Callable[[str], None] = lambda s: None) -> CandidateGenerator:
+    """``backend`` trained on ``sequences`` in ``out``; with ``reuse``, the one already there
+    when it was trained on the same sequences with the same backend and options."""
+    key = _model_key(ds, backend, options, sequences)
+    marker = out / REUSE_MARKER
+    if reuse and marker.is_file() and (out / MANIFEST).is_file():
+        try:
+            same = json.loads(marker.read_text()) == key
+        except ValueError:
+            same = False
+        if same:
+            say(f"reusing the cloud model ({backend}) in {out}")
+            return load_generator(out)
+    say(f"training the cloud model ({backend}) on the cloud's view")
+    marker.unlink(missing_ok=True)
+    train(backend, ds, sequences, out, options)
+    marker.write_text(json.dumps(key, indent=2))
+    return load_generator(out)

@@ -252,6 +252,20 @@ class Releases:
         return out
 
 
+def _read_request_model(path: Path) -> dict[str, Any]:
+    from dcrec.shared.request_value import RequestValueModel
+
+    try:
+        data = json.loads(path.read_text())
+        RequestValueModel.from_dict(data)
+    except OSError as e:
+        raise RegistryError(f"{path}: unreadable ({e})") from e
+    except ValueError as e:  # (RequestModelError and JSON errors alike)
+        raise RegistryError(f"{path}: not a request model ({e})") from e
+    assert isinstance(data, dict)
+    return data
+
+
 class ModelRegistry(Releases):
     """Device rerankers (ONNX). With a signer, every release carries a signed manifest.
 
@@ -272,12 +286,18 @@ class ModelRegistry(Releases):
         self._cache_key: tuple[Any, ...] = ()  # the release record the cached model was verified for
 
     def publish(self, onnx_path: str | Path, config: dict[str, Any], version: str | None = None,
-                make_current: bool = True, neighbours: str | Path | None = None) -> str:
+                make_current: bool = True, neighbours: str | Path | None = None,
+                request_model: str | Path | None = None) -> str:
         """Copy an ONNX file in as a new version; returns the version string.
 
         ``neighbours``: a neighbour index file (``dcrec cloud neighbours``) released with
         the model; checked here, and announced by its sha256 in the release config.
+        ``request_model``: a request-value model (JSON, ``dcrec cloud request-model``); it is
+        checked here and rides in the release config (``request_model``), so the manifest and
+        signature cover it like every other setting.
         """
+        if request_model is not None:
+            config = {**config, "request_model": _read_request_model(Path(request_model))}
         data = Path(onnx_path).read_bytes()
         digest = hashlib.sha256(data).hexdigest()
         index_data = None

@@ -84,8 +84,11 @@ def sasrec(ds: Dataset, train: list[np.ndarray], valid: EvalSet, test: EvalSet,
 
 def cloud(ds: Dataset, train: list[np.ndarray], valid: EvalSet, test: EvalSet,
           cfg: Any, seed: int) -> np.ndarray:
-    """The harness's cloud backend (``--cloud-backend``, its options) on the fresh full history."""
+    """The harness's cloud backend (``--cloud-backend``, its options) on the fresh full history,
+    seeded with the harness's seed where the backend takes one (so seeds vary the cloud too)."""
     options = dict(cfg.cloud_options)
+    if cfg.cloud_backend in ("ensemble", "textrec"):
+        options.setdefault("seed", seed)
     return _backend_ranks(ds, _trained_backend(ds, train, valid, cfg, seed, "cloud", cfg.cloud_backend,
                                                options), test)
 

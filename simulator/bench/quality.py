@@ -109,6 +109,9 @@ class QualityConfig:
     baselines: tuple[str, ...] = ("most-popular", "sasrec", "gru4rec", "cloud")
     baseline_seeds: int | None = None  # seeds the baselines are trained for (None: every seed)
     max_users: int | None = None  # evaluate a sample of users (tests, quick looks)
+    # The learned request policy (simulator.bench.request_value): a request-value model fitted
+    # on the validation users' replayed situations, with the oracle's rows beside it.
+    learned: bool = True
     workdir: Path = Path("runs/bench")
     jobs: int = 1  # worker processes: seeds and baselines train side by side
     threads: int | None = None  # torch threads per worker (None: the cores shared among jobs)
@@ -250,15 +253,17 @@ class _Lists:
     fresh_items: np.ndarray
     fresh_cloud: np.ndarray
     fresh_srm: np.ndarray
+    sent: np.ndarray | None = None  # the stale lists as the cloud sent them (before the device's drop)
 
 
 def _lists(ev: EvalSet, gen: backends.CandidateGenerator, srm: Any, count: int) -> _Lists:
     # The device drops what the user consumed since the cloud's view.
     since = [h[len(c):] for h, c in zip(ev.histories, ev.cloud_histories, strict=True)]
-    si, sc = cloud_lists(gen, ev.cloud_histories, count, exclude=since)
+    sent = np.zeros((len(ev), count), dtype=np.int64)
+    si, sc = cloud_lists(gen, ev.cloud_histories, count, exclude=since, sent=sent)
     fi, fc = cloud_lists(gen, ev.histories, count)
     return _Lists(ev.targets, si, sc, srm_candidate_scores(srm, ev.histories, si),
-                  fi, fc, srm_candidate_scores(srm, ev.histories, fi))
+                  fi, fc, srm_candidate_scores(srm, ev.histories, fi), sent)
 
 
 def _device_top(histories: list[np.ndarray], srm: Any, k: int, n_items: int) -> np.ndarray:
@@ -407,6 +412,8 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
     say(f"seed {seed}: candidate lists and scores for {len(valid)} validation and {len(test)} test users")
     v = _lists(valid, gen_val, srm, cfg.candidates)
     te = _lists(test, gen, srm, cfg.candidates)
+    v_base, te_base = v, te  # the cloud's own lists: what the request model's features see
+    v_local = None
     cloud_stale_items, cloud_fresh_items = te.stale_items, te.fresh_items
     v_cloud_stale = v.stale_items
     local_items = None
@@ -416,7 +423,7 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
 
         say(f"seed {seed}: neighbour indexes ({cfg.neighbours} per item) and local lists")
         # Validation's index comes from the cloud that never saw the validation targets.
-        _, v_by_w = _with_neighbours(v, valid.histories, build(gen_val, cfg.neighbours), srm,
+        v_local, v_by_w = _with_neighbours(v, valid.histories, build(gen_val, cfg.neighbours), srm,
                                            cfg.candidates, cfg.neighbour_weights)
         local_items, t_by_w = _with_neighbours(te, test.histories, build(gen, cfg.neighbours), srm,
                                                cfg.candidates, cfg.neighbour_weights)
@@ -448,10 +455,10 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
     y = te.targets
     stale_r, stale_orders = _fused_ranks(te.stale_items, te.stale_cloud, te.stale_srm, alpha_stale, y)
     fresh_r, _ = _fused_ranks(te.fresh_items, te.fresh_cloud, te.fresh_srm, alpha_fresh, y)
+    v_stale_r, v_orders = _fused_ranks(v.stale_items, v.stale_cloud, v.stale_srm, alpha_stale,
+                                       v.targets)
+    v_fresh_r, _ = _fused_ranks(v.fresh_items, v.fresh_cloud, v.fresh_srm, alpha_fresh, v.targets)
     if cfg.measure in ("regret", "uncovered"):
-        v_stale_r, v_orders = _fused_ranks(v.stale_items, v.stale_cloud, v.stale_srm, alpha_stale,
-                                           v.targets)
-        v_fresh_r, _ = _fused_ranks(v.fresh_items, v.fresh_cloud, v.fresh_srm, alpha_fresh, v.targets)
         # regret compares what the user is shown (the fused stale list's top 10);
         # uncovered, the cloud's own stale list.
         v_lists, t_lists = ((v_orders, stale_orders) if cfg.measure == "regret"
@@ -491,6 +498,7 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
     rows.append(Row("always-fresh", None, seed, _metrics(fresh_r, fresh_in)))
 
     rng = np.random.default_rng(seed)
+    dis_asks: dict[float, np.ndarray] = {}
     for r in cfg.ratios:
         # Random requests: the mean over draws, so the baseline is not one lucky or unlucky draw.
         k = int(round(r * len(y)))
@@ -509,6 +517,26 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
         m["measured_ratio"] = float(ask.mean())
         m["threshold"] = threshold
         rows.append(Row("disagreement", r, seed, m))
+        dis_asks[r] = ask
+    if cfg.learned:
+        from dcrec.simulator.bench import request_value as rv
+
+        say(f"seed {seed}: the request-value model (features of {len(valid)} validation users)")
+        x = {}
+        for name, ev, base, orders, local in (("valid", valid, v_base, v_orders, v_local),
+                                              ("test", test, te_base, stale_orders, local_items)):
+            x[name] = rv.replay_features(ev, base.stale_items, base.stale_cloud, base.stale_srm,
+                                         base.sent, orders, local,
+                                         _open_full_scores(srm, ev.histories, ds.n_items))
+        np.savez_compressed(work / "request-value.npz", x_valid=x["valid"], x_test=x["test"],
+                            gain_valid=rv.refresh_gain(v_stale_r, v_fresh_r),
+                            gain_test=rv.refresh_gain(stale_r, fresh_r), dis_valid=valid_dis,
+                            dis_test=test_dis)  # for analysis: what carries signal
+        learned, learned_info = rv.learned_rows(
+            seed, cfg.ratios, x["valid"], rv.refresh_gain(v_stale_r, v_fresh_r), x["test"], stale_r,
+            fresh_r, stale_in, fresh_in, dis_asks, test_dis, _metrics, Row)
+        rows += learned
+        info.update(learned_info)
     return rows, info
 
 

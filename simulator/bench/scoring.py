@@ -7,35 +7,36 @@ padded with 0 and scores (M, C) float32 padded with -inf.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
 from dcrec.cloud.models import backends
 from dcrec.cloud.models.generator import CandidateGenerator
-from dcrec.shared.data import Dataset
 
 
 def cloud_lists(gen: CandidateGenerator, histories: Sequence[np.ndarray], count: int,
-                exclude: Sequence[np.ndarray] | None = None, batch: int = 512
-                ) -> tuple[np.ndarray, np.ndarray]:
+                exclude: Sequence[np.ndarray] | None = None, batch: int = 512,
+                sent: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(M, C) items and scores of the cloud's lists for ``histories``.
 
     ``exclude``: per-user items to drop after generation (what the device has
     seen since the cloud's view), as the runtime does before showing a list.
+    ``sent``: an (M, C) array filled with the lists as generated, before that drop.
     """
     m = len(histories)
     items = np.zeros((m, count), dtype=np.int64)
     scores = np.full((m, count), -np.inf, dtype=np.float32)
+    if sent is not None:
+        sent[:] = 0
     for lo in range(0, m, batch):
         hi = min(m, lo + batch)
         extra = max((len(exclude[j]) for j in range(lo, hi)), default=0) if exclude else 0
         lists = gen.generate(list(histories[lo:hi]), count + min(extra, 50), exclude_seen=True)
         for j, c in zip(range(lo, hi), lists, strict=True):
             it, sc = c.items, c.scores
+            if sent is not None:
+                sent[j, : min(count, it.size)] = it[:count]
             if exclude is not None and len(exclude[j]):
                 keep = ~np.isin(it, exclude[j])
                 it, sc = it[keep], sc[keep]
@@ -86,40 +87,6 @@ def seen_mask(histories: Sequence[np.ndarray], n_items: int) -> np.ndarray:
     return mask
 
 
-CLOUD_MARKER = "harness.json"  # what a harness-trained cloud model was trained on
-
-
-def _model_key(ds: Dataset, backend: str, options: dict[str, Any],
-               sequences: list[np.ndarray]) -> dict[str, Any]:
-    """Backend, options and a digest of the training sequences: what decides a trained model."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for seq in sequences:
-        h.update(np.asarray(seq, dtype=np.int64).tobytes())
-        h.update(b"|")
-    key = {"backend": backend, "options": options, "n_items": ds.n_items,
-           "sequences": len(sequences), "sha256": h.hexdigest()}
-    return json.loads(json.dumps(key))  # as it reads back from the file
-
-
-def trained_backend(ds: Dataset, backend: str, options: dict[str, Any], sequences: list[np.ndarray],
-                    out: Path, reuse: bool,
-                    say: Callable[[str], None] = lambda s: None) -> backends.CandidateGenerator:
-    """``backend`` trained on ``sequences`` in ``out``; with ``reuse``, the one already there
-    when it was trained on the same sequences with the same backend and options."""
-    key = _model_key(ds, backend, options, sequences)
-    marker = out / CLOUD_MARKER
-    if reuse and marker.is_file() and (out / backends.MANIFEST).is_file():
-        try:
-            same = json.loads(marker.read_text()) == key
-        except ValueError:
-            same = False
-        if same:
-            say(f"reusing the cloud model ({backend}) in {out}")
-            return backends.load_generator(out)
-    say(f"training the cloud model ({backend}) on the cloud's view")
-    marker.unlink(missing_ok=True)
-    backends.train(backend, ds, sequences, out, options)
-    marker.write_text(json.dumps(key, indent=2))
-    return backends.load_generator(out)
+# One home for the reuse-aware trainer: the cloud's registry of backends.
+CLOUD_MARKER = backends.REUSE_MARKER
+trained_backend = backends.trained_backend
