@@ -112,7 +112,8 @@ def situation_features(open_scores: np.ndarray, shown: np.ndarray, live_items: n
 
 @dataclass(frozen=True)
 class RequestValueModel:
-    """Standardised features -> tanh hidden layer -> predicted NDCG@10 gain of a fresh list."""
+    """Standardised features ``z`` -> ``z @ w0 + tanh(z @ w1 + b1) @ w2 + b2``: the predicted
+    NDCG@10 gain of a fresh list (a linear term beside one tanh layer; either may be zero)."""
 
     mean: np.ndarray  # (F,)
     std: np.ndarray  # (F,)
@@ -120,6 +121,7 @@ class RequestValueModel:
     b1: np.ndarray  # (H,)
     w2: np.ndarray  # (H,)
     b2: float
+    w0: np.ndarray | None = None  # (F,) the linear term; None: none
     temperature: float = 2.0  # the device distribution's softmax temperature in the features
     show: int = 10
     top: int = 20
@@ -127,15 +129,17 @@ class RequestValueModel:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """(M,) predicted gain for features ``x`` (M, F)."""
-        h = np.tanh(((np.asarray(x, dtype=np.float64) - self.mean) / self.std) @ self.w1 + self.b1)
-        return h @ self.w2 + self.b2
+        z = (np.asarray(x, dtype=np.float64) - self.mean) / self.std
+        out = np.tanh(z @ self.w1 + self.b1) @ self.w2 + self.b2
+        return out + z @ self.w0 if self.w0 is not None else out
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form (it rides in the release config, covered by its manifest)."""
         return {"format": FORMAT_VERSION, "features": list(self.features),
                 "temperature": self.temperature, "show": self.show, "top": self.top,
                 "mean": self.mean.tolist(), "std": self.std.tolist(), "w1": self.w1.tolist(),
-                "b1": self.b1.tolist(), "w2": self.w2.tolist(), "b2": float(self.b2)}
+                "b1": self.b1.tolist(), "w2": self.w2.tolist(), "b2": float(self.b2),
+                "w0": None if self.w0 is None else self.w0.tolist()}
 
     @classmethod
     def from_dict(cls, d: Any) -> RequestValueModel:
@@ -152,19 +156,22 @@ class RequestValueModel:
             mean, std = np.asarray(d["mean"], float), np.asarray(d["std"], float)
             w1, b1 = np.asarray(d["w1"], float), np.asarray(d["b1"], float)
             w2, b2 = np.asarray(d["w2"], float), float(d["b2"])
+            w0 = None if d.get("w0") is None else np.asarray(d["w0"], float)
             temperature, show, top = float(d["temperature"]), int(d["show"]), int(d["top"])
         except (KeyError, TypeError, ValueError) as e:
             raise RequestModelError(f"request model: missing or malformed field ({e})") from e
         f = len(FEATURES)
         if (mean.shape != (f,) or std.shape != (f,) or w1.ndim != 2 or w1.shape[0] != f
-                or b1.shape != (w1.shape[1],) or w2.shape != (w1.shape[1],)):
+                or b1.shape != (w1.shape[1],) or w2.shape != (w1.shape[1],)
+                or (w0 is not None and w0.shape != (f,))):
             raise RequestModelError(f"request model: shapes mean {mean.shape}, std {std.shape}, "
                                     f"w1 {w1.shape}, b1 {b1.shape}, w2 {w2.shape} do not fit "
                                     f"{f} features")
-        arrays = (mean, std, w1, b1, w2, np.array([b2, temperature]))
+        arrays = (mean, std, w1, b1, w2, np.array([b2, temperature]),
+                  w0 if w0 is not None else np.zeros(0))
         if not all(np.isfinite(a).all() for a in arrays) or (std <= 0).any() or temperature <= 0:
             raise RequestModelError("request model: non-finite weights, a std <= 0 or a "
                                     "temperature <= 0")
         if show < 1 or top < 1:
             raise RequestModelError(f"request model: show and top must be >= 1, got {show}, {top}")
-        return cls(mean, std, w1, b1, w2, b2, temperature, show, top)
+        return cls(mean, std, w1, b1, w2, b2, w0, temperature, show, top)

@@ -412,8 +412,7 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
     say(f"seed {seed}: candidate lists and scores for {len(valid)} validation and {len(test)} test users")
     v = _lists(valid, gen_val, srm, cfg.candidates)
     te = _lists(test, gen, srm, cfg.candidates)
-    v_base, te_base = v, te  # the cloud's own lists: what the request model's features see
-    v_local = None
+    te_base = te  # the cloud's own lists: what the request model's features see
     cloud_stale_items, cloud_fresh_items = te.stale_items, te.fresh_items
     v_cloud_stale = v.stale_items
     local_items = None
@@ -423,7 +422,7 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
 
         say(f"seed {seed}: neighbour indexes ({cfg.neighbours} per item) and local lists")
         # Validation's index comes from the cloud that never saw the validation targets.
-        v_local, v_by_w = _with_neighbours(v, valid.histories, build(gen_val, cfg.neighbours), srm,
+        _, v_by_w = _with_neighbours(v, valid.histories, build(gen_val, cfg.neighbours), srm,
                                            cfg.candidates, cfg.neighbour_weights)
         local_items, t_by_w = _with_neighbours(te, test.histories, build(gen, cfg.neighbours), srm,
                                                cfg.candidates, cfg.neighbour_weights)
@@ -518,26 +517,57 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
         m["threshold"] = threshold
         rows.append(Row("disagreement", r, seed, m))
         dis_asks[r] = ask
-    if cfg.learned:
+    if cfg.learned and any(0.0 < r < 1.0 for r in cfg.ratios):
         from dcrec.simulator.bench import request_value as rv
 
-        say(f"seed {seed}: the request-value model (features of {len(valid)} validation users)")
+        # The request model's rows: the validation users' situations from a cloud that, as on
+        # test, never saw the events since its view nor the target (it trains on each training
+        # sequence less its last lag + 1 items; the validation cloud saw the events since).
+        t = time.perf_counter()
+        gen_req = _cloud(ds, cfg, [q[: len(q) - 1 - cfg.lag] for q in split.train
+                                   if len(q) - 1 - cfg.lag >= 2],
+                         work / "cloud-request", lambda m: say(f"seed {seed}: {m} (request model)"))
+        info["cloud_request_train_s"] = time.perf_counter() - t
+        say(f"seed {seed}: the request-value model (situations of {len(valid)} validation users)")
+        r_base, r_orders, r_local, r_stale, r_fresh = _request_situations(
+            ds, cfg, valid, gen_req, srm, info.get("neighbour_weight", 1.0), alpha_stale, alpha_fresh)
         x = {}
-        for name, ev, base, orders, local in (("valid", valid, v_base, v_orders, v_local),
+        for name, ev, base, orders, local in (("valid", valid, r_base, r_orders, r_local),
                                               ("test", test, te_base, stale_orders, local_items)):
             x[name] = rv.replay_features(ev, base.stale_items, base.stale_cloud, base.stale_srm,
                                          base.sent, orders, local,
                                          _open_full_scores(srm, ev.histories, ds.n_items))
+        gain_valid = rv.refresh_gain(r_stale, r_fresh)
         np.savez_compressed(work / "request-value.npz", x_valid=x["valid"], x_test=x["test"],
-                            gain_valid=rv.refresh_gain(v_stale_r, v_fresh_r),
-                            gain_test=rv.refresh_gain(stale_r, fresh_r), dis_valid=valid_dis,
-                            dis_test=test_dis)  # for analysis: what carries signal
+                            gain_valid=gain_valid, gain_test=rv.refresh_gain(stale_r, fresh_r),
+                            dis_valid=valid_dis, dis_test=test_dis)  # for analysis
         learned, learned_info = rv.learned_rows(
-            seed, cfg.ratios, x["valid"], rv.refresh_gain(v_stale_r, v_fresh_r), x["test"], stale_r,
+            seed, cfg.ratios, x["valid"], gain_valid, x["test"], stale_r,
             fresh_r, stale_in, fresh_in, dis_asks, test_dis, _metrics, Row)
         rows += learned
         info.update(learned_info)
     return rows, info
+
+
+def _request_situations(ds: Dataset, cfg: QualityConfig, ev: EvalSet, gen: backends.CandidateGenerator,
+                        srm: Any, weight: float, alpha_stale: float, alpha_fresh: float
+                        ) -> tuple[_Lists, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+    """``ev``'s lists from ``gen``, prepared as the stale-side variants' are (the local list
+    blended at ``weight``, the device's candidates) and fused: the cloud's own lists, the
+    fused stale orders, the local lists (None without an index), stale and fresh ranks."""
+    base = _lists(ev, gen, srm, cfg.candidates)
+    ls, local = base, None
+    if cfg.neighbours > 0:
+        from dcrec.cloud.models.neighbours import build
+
+        local, by_w = _with_neighbours(base, ev.histories, build(gen, cfg.neighbours), srm,
+                                       cfg.candidates, (weight,))
+        ls = by_w[weight]
+    if cfg.device_candidates > 0:
+        ls = _with_device_candidates(ls, ev.histories, srm, cfg.device_candidates, ds.n_items)
+    stale_r, orders = _fused_ranks(ls.stale_items, ls.stale_cloud, ls.stale_srm, alpha_stale, ls.targets)
+    fresh_r, _ = _fused_ranks(ls.fresh_items, ls.fresh_cloud, ls.fresh_srm, alpha_fresh, ls.targets)
+    return base, orders, local, stale_r, fresh_r
 
 
 def _cloud(ds: Dataset, cfg: QualityConfig, sequences: list[np.ndarray], out: Path,

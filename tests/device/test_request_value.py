@@ -233,3 +233,38 @@ def test_the_request_model_travels_in_the_signed_release(tmp_path: Path, device_
     path.write_text(json.dumps({"format": 1}))
     with pytest.raises(RegistryError, match="not a request model"):
         registry.publish(device_model_dir / "model.onnx", config, "v2", request_model=path)
+
+
+def test_the_cloud_trains_a_request_model_by_replaying_the_runtime(
+        tmp_path: Path, device_model_dir: Path, cloud_model_dir: Path) -> None:
+    from dcrec.cloud.models.backends import load_generator
+    from dcrec.cloud.models.neighbours import build
+    from dcrec.shared.cli import main as cli
+
+    index = tmp_path / "n.npz"
+    build(load_generator(cloud_model_dir), neighbours=20).save(index)
+    out = tmp_path / "request.json"
+    assert cli(["cloud", "request-model", "--dataset", "ml-100k", "--device-model", str(device_model_dir),
+                "--neighbours", str(index), "--backend", "cooccurrence", "--users", "120",
+                "--out", str(out)]) == 0
+    model = RequestValueModel.from_dict(json.loads(out.read_text()))
+    assert (tmp_path / "request-work" / "fold-cloud" / "backend.json").is_file()
+    # the replayed rows are the runtime's: re-running reuses the fold cloud and gives the same model
+    again = tmp_path / "again.json"
+    assert cli(["cloud", "request-model", "--dataset", "ml-100k", "--device-model", str(device_model_dir),
+                "--neighbours", str(index), "--backend", "cooccurrence", "--users", "120",
+                "--workdir", str(tmp_path / "request-work"), "--out", str(again)]) == 0
+    x = np.random.default_rng(0).normal(size=(5, len(FEATURES)))
+    np.testing.assert_allclose(RequestValueModel.from_dict(json.loads(again.read_text())).predict(x),
+                               model.predict(x))
+    registry = tmp_path / "reg"
+    assert cli(["cloud", "publish", "--registry", str(registry), "--model",
+                str(device_model_dir / "model.onnx"), "--config", str(device_model_dir / "model.json"),
+                "--neighbours", str(index), "--request-model", str(out)]) == 0
+    served = ModelRegistry(registry).current()
+    assert served is not None and "request_model" in served.config
+    # a request model for another device model's features is refused with its name
+    (tmp_path / "bad.json").write_text(json.dumps({**model.to_dict(), "features": ["x"]}))
+    assert cli(["cloud", "publish", "--registry", str(registry), "--model",
+                str(device_model_dir / "model.onnx"), "--config", str(device_model_dir / "model.json"),
+                "--request-model", str(tmp_path / "bad.json"), "--version", "bad"]) != 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +172,31 @@ def test_a_second_run_on_the_same_workdir_is_refused(tmp_path: Path) -> None:
         with pytest.raises(WorkdirInUse, match="in use by another bench run"):
             run(cfg)
     assert not (tmp_path / "ml-100k" / "seed0").exists()  # refused before anything was written
+
+
+def test_the_learned_policy_is_reported_beside_random_and_the_oracle(tmp_path: Path) -> None:
+    from dcrec.cloud.models.backends import REUSE_MARKER, _model_key
+    from dcrec.shared.data import load_dataset
+    from dcrec.shared.splits import stale_cloud_split
+
+    cfg = QualityConfig(dataset="ml-100k", cloud_backend="cooccurrence", device_epochs=1, max_users=300,
+                        baselines=(), device_model={"dim": 16, "layers": 1, "heads": 1},
+                        ratios=(0.05, 0.2), neighbours=10, threads=1, workdir=tmp_path)
+    rows, infos = run(cfg)
+    by = {(r.variant, r.ratio): r.metrics for r in rows}
+    for ratio in (0.05, 0.2):
+        learned, oracle, random_ = by[("learned", ratio)], by[("oracle", ratio)], by[("random", ratio)]
+        assert oracle["NDCG@10"] >= max(learned["NDCG@10"], random_["NDCG@10"])
+        assert learned["vs_random_lo"] <= learned["vs_random"] <= learned["vs_random_hi"]
+        assert learned["measured_ratio"] <= ratio + 2.0 / 300 + 1e-9  # the bucket holds
+        assert "vs_disagreement" in learned and "oracle_share" in learned
+    assert -1.0 <= infos[0]["qini_learned"] <= 1.0 and -1.0 <= infos[0]["qini_disagreement"] <= 1.0
+    assert infos[0]["request_model"]["features"]
+    # the request model's cloud saw neither the events since its lists nor their labels
+    ds = load_dataset("ml-100k")
+    train = stale_cloud_split(ds, lag=cfg.lag).train
+    marker = json.loads((tmp_path / "ml-100k" / "seed0" / "cloud-request" / REUSE_MARKER).read_text())
+    trimmed = [q[: len(q) - 1 - cfg.lag] for q in train if len(q) - 1 - cfg.lag >= 2]
+    assert marker == _model_key(ds, "cooccurrence", {}, trimmed)
+    with np.load(tmp_path / "ml-100k" / "seed0" / "request-value.npz") as saved:
+        assert saved["x_valid"].shape == (300, len(infos[0]["request_model"]["features"]))
