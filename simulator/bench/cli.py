@@ -54,6 +54,9 @@ def cmd_quality(ns: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     name = Path(ns.dataset).name
     table = report.markdown(rows)
+    requests = report.requests_table(rows, infos)
+    if requests:
+        table += "\n\nRequest policies (NDCG@10):\n\n" + requests
     (out / f"quality-{name}.md").write_text(table + "\n")
     report.write_csv(rows, out / f"quality-{name}.csv")
     report.plot(rows, out / f"quality-{name}.png", f"{name}: NDCG@10 against request ratio")
