@@ -38,8 +38,8 @@ BACKENDS: dict[str, str] = {
 
 MANIFEST = "backend.json"
 # What ``dcrec cloud train``, the quality harness, the simulator and the demo train when no
-# backend is named: textrec (sentence-embedder and LLM item text), SASRec and co-occurrence,
-# blended with weights chosen on validation users (docs/CLOUD_MODELS.md).
+# backend is named: textrec (item text through MiniLM) and co-occurrence, blended with
+# weights chosen on validation users (docs/CLOUD_MODELS.md).
 DEFAULT_BACKEND = "ensemble"
 
 
