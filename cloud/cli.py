@@ -221,7 +221,7 @@ def cmd_cloud_request_model(ns: argparse.Namespace) -> int:
     summary = train_request_model(ds, split.cloud_sequences(), Path(ns.device_model), out, workdir,
                                   ns.backend, options(ns.option),
                                   Path(ns.neighbours) if ns.neighbours else None, users=ns.users,
-                                  lag=ns.lag, seed=ns.seed,
+                                  max_lag=ns.max_lag, seed=ns.seed,
                                   say=lambda s: print(s, file=sys.stderr, flush=True))
     print(f"request model from {summary['users']} replayed users (a fresh list helped "
           f"{summary['helped']:.1%}, hurt {summary['hurt']:.1%}) written to {out} in "
@@ -440,7 +440,8 @@ def _release_parsers(cloud: argparse._SubParsersAction) -> None:  # type: ignore
                         "without the replayed users' last items)")
     q.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", type=key_value)
     q.add_argument("--users", type=positive_int, default=3000, help="users replayed (out of fold)")
-    q.add_argument("--lag", type=positive_int, default=2, help="events between the list and the label")
+    q.add_argument("--max-lag", type=positive_int, default=8,
+                   help="most events between a replayed list and its label (each user: 1 .. this)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--workdir", help="where the fold cloud is kept (default: beside --out)")
     q.add_argument("--out", required=True, help="the request model (JSON) for dcrec cloud publish")

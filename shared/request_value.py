@@ -42,6 +42,7 @@ FEATURES: tuple[str, ...] = (
     "top10",             # device probability mass of its ten favourites
     "history",           # log(1 + events the device holds)
     "since_hits",        # share of the events since the list that the list had offered
+    "since_list",        # log(1 + events since the list was made)
     "local_overlap",     # share of the neighbour index's local top that the cached list holds
     "device_top_listed", # share of the device's top ten (whole catalogue) the cached list holds
 )
@@ -105,6 +106,7 @@ def situation_features(open_scores: np.ndarray, shown: np.ndarray, live_items: n
         float(top_p.sum()),
         math.log1p(history_len),
         since_hits,
+        math.log1p(since.size),
         local_overlap,
         float(np.isin(top_ids, live).mean()),
     ])

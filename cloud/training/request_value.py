@@ -148,14 +148,14 @@ def _dcg_at(shown: np.ndarray, target: int, k: int = 10) -> float:
 
 
 def replay(sequences: list[np.ndarray], users: np.ndarray, gen: Any, reranker: Any,
-           neighbours: Any, config: Any, lag: int, workdir: Path, count: int = 100,
+           neighbours: Any, config: Any, lags: np.ndarray, workdir: Path, count: int = 100,
            temperature: float = 2.0, show: int = 10, top: int = 20,
            progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Each user's situation replayed through a real :class:`~dcrec.device.runtime.DeviceRuntime`:
     ``(features (M, F), gains (M,))``.
 
-    For user ``u`` the cloud ``gen`` (which never trained on the user's last ``lag`` + 1
-    items) made a list from the history ``lag`` events before the end; the runtime holds it while the device
+    For the ``j``-th user the cloud ``gen`` (which never trained on the user's last
+    ``lags[j]`` + 1 items) made a list from the history ``lags[j]`` events before the end; the runtime holds it while the device
     records those events; its features are read, and the fused list shown then is scored on
     the last item against the list shown once the fresh list (from the whole history) arrives.
     """
@@ -169,7 +169,7 @@ def replay(sequences: list[np.ndarray], users: np.ndarray, gen: Any, reranker: A
     for j, u in enumerate(users):
         seq = np.asarray(sequences[u], dtype=np.int64)
         target, hist = int(seq[-1]), seq[:-1]
-        view = hist[: hist.size - lag]
+        view = hist[: hist.size - int(lags[j])]
         stale, fresh = gen.generate([view, hist], count, exclude_seen=True)
         path = workdir / f"replay-{j}.sqlite"
         path.unlink(missing_ok=True)
@@ -197,17 +197,18 @@ def replay(sequences: list[np.ndarray], users: np.ndarray, gen: Any, reranker: A
 
 def train_request_model(dataset: Any, sequences: list[np.ndarray], device_model_dir: Path,
                         out: Path, workdir: Path, backend: str, options: dict[str, Any],
-                        neighbours: Path | None = None, users: int = 3000, lag: int = 2,
+                        neighbours: Path | None = None, users: int = 3000, max_lag: int = 8,
                         seed: int = 0, config: Any = None,
                         say: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """The request-value model for the device model in ``device_model_dir`` (model.onnx and
     model.json), written to ``out`` as JSON; returns a summary.
 
-    ``users`` training users (at least ``lag`` + 3 events) lose their last ``lag`` + 1 items
-    from the training data of a fold cloud (``backend``, ``options``: what ``dcrec cloud
-    train`` ran): as on a phone, the cloud that made a replayed list has seen neither the
-    events since nor the item that labels it. The fold cloud is kept in ``workdir`` and
-    reused when nothing changed.
+    ``users`` training users (at least 4 events) each get a lag, uniform in 1 .. ``max_lag``
+    (at most their length less 3): the events between the list and the label, so the model
+    sees lists of every age. Each loses its last lag + 1 items from the training data of a
+    fold cloud (``backend``, ``options``: what ``dcrec cloud train`` ran): as on a phone,
+    the cloud that made a replayed list has seen neither the events since nor the item that
+    labels it. The fold cloud is kept in ``workdir`` and reused when nothing changed.
     """
     import json
 
@@ -217,23 +218,25 @@ def train_request_model(dataset: Any, sequences: list[np.ndarray], device_model_
     from dcrec.shared.fileio import write_atomic
     from dcrec.shared.neighbours import NeighbourIndex
 
-    if lag < 1:
-        raise ValueError(f"lag must be >= 1, got {lag}")
-    long_enough = np.flatnonzero([len(s) >= lag + 3 for s in sequences])
+    if max_lag < 1:
+        raise ValueError(f"max_lag must be >= 1, got {max_lag}")
+    long_enough = np.flatnonzero([len(s) >= 4 for s in sequences])
     if long_enough.size < 50:
-        raise ValueError(f"only {long_enough.size} training users have {lag + 3} events or more; "
+        raise ValueError(f"only {long_enough.size} training users have 4 events or more; "
                          "a request model needs at least 50")
     rng = np.random.default_rng([seed, 23])
     chosen = np.sort(rng.choice(long_enough, min(users, long_enough.size), replace=False))
-    held = set(chosen.tolist())
-    fold_sequences = [s[: len(s) - 1 - lag] if i in held else s for i, s in enumerate(sequences)]
+    most = np.minimum(max_lag, np.array([len(sequences[u]) - 3 for u in chosen]))
+    lags = 1 + np.floor(rng.random(chosen.size) * most).astype(np.int64)
+    lag_of = dict(zip(chosen.tolist(), lags.tolist(), strict=True))
+    fold_sequences = [s[: len(s) - 1 - lag_of[i]] if i in lag_of else s for i, s in enumerate(sequences)]
     gen = trained_backend(dataset, backend, options, fold_sequences, workdir / "fold-cloud", True, say)
     meta = json.loads((device_model_dir / "model.json").read_text())
     reranker = OnnxReranker((device_model_dir / "model.onnx").read_bytes(), int(meta["max_len"]),
                             "replay", 1, meta.get("n_items"))
     index = NeighbourIndex.load(neighbours) if neighbours is not None else None
     say(f"replaying {chosen.size} users through the device runtime")
-    x, gain = replay(sequences, chosen, gen, reranker, index, config or RuntimeConfig(), lag,
+    x, gain = replay(sequences, chosen, gen, reranker, index, config or RuntimeConfig(), lags,
                      workdir / "stores", progress=lambda d, n: say(f"replayed {d}/{n}"))
     model = fit_request_model(x, gain, seed=seed)
     write_atomic(out, json.dumps(model.to_dict()).encode())
