@@ -523,21 +523,31 @@ def run_seed(ds: Dataset, cfg: QualityConfig, seed: int,
         # The request model's rows: the validation users' situations from a cloud that, as on
         # test, never saw the events since its view nor the target (it trains on each training
         # sequence less its last lag + 1 items; the validation cloud saw the events since).
+        # A few validation users (a small data set) replay several prefixes each, the cloud
+        # then trained without every replayed prefix's events since and target.
+        prefixes = rv.prefixes_for(len(valid))
         t = time.perf_counter()
-        gen_req = _cloud(ds, cfg, [q[: len(q) - 1 - cfg.lag] for q in split.train
-                                   if len(q) - 1 - cfg.lag >= 2],
+        cut = cfg.lag + prefixes
+        gen_req = _cloud(ds, cfg, [q[: len(q) - cut] for q in split.train if len(q) - cut >= 2],
                          work / "cloud-request", lambda m: say(f"seed {seed}: {m} (request model)"))
         info["cloud_request_train_s"] = time.perf_counter() - t
-        say(f"seed {seed}: the request-value model (situations of {len(valid)} validation users)")
-        r_base, r_orders, r_local, r_stale, r_fresh = _request_situations(
-            ds, cfg, valid, gen_req, srm, info.get("neighbour_weight", 1.0), alpha_stale, alpha_fresh)
-        x = {}
-        for name, ev, base, orders, local in (("valid", valid, r_base, r_orders, r_local),
-                                              ("test", test, te_base, stale_orders, local_items)):
-            x[name] = rv.replay_features(ev, base.stale_items, base.stale_cloud, base.stale_srm,
-                                         base.sent, orders, local,
-                                         _open_full_scores(srm, ev.histories, ds.n_items))
-        gain_valid = rv.refresh_gain(r_stale, r_fresh)
+        xs, gains = [], []
+        for p in range(prefixes):
+            ev = valid if p == 0 else rv.earlier(valid, p, cfg.lag)
+            say(f"seed {seed}: the request-value model (situations of {len(ev)} validation users, "
+                f"prefix {p + 1} of {prefixes})")
+            r_base, r_orders, r_local, r_stale, r_fresh = _request_situations(
+                ds, cfg, ev, gen_req, srm, info.get("neighbour_weight", 1.0), alpha_stale, alpha_fresh)
+            xs.append(rv.replay_features(ev, r_base.stale_items, r_base.stale_cloud, r_base.stale_srm,
+                                         r_base.sent, r_orders, r_local,
+                                         _open_full_scores(srm, ev.histories, ds.n_items)))
+            gains.append(rv.refresh_gain(r_stale, r_fresh))
+        x = {"valid": np.concatenate(xs),
+             "test": rv.replay_features(test, te_base.stale_items, te_base.stale_cloud, te_base.stale_srm,
+                                        te_base.sent, stale_orders, local_items,
+                                        _open_full_scores(srm, test.histories, ds.n_items))}
+        gain_valid = np.concatenate(gains)
+        info["request_rows"] = int(gain_valid.size)
         np.savez_compressed(work / "request-value.npz", x_valid=x["valid"], x_test=x["test"],
                             gain_valid=gain_valid, gain_test=rv.refresh_gain(stale_r, fresh_r),
                             dis_valid=valid_dis, dis_test=test_dis)  # for analysis

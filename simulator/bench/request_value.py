@@ -1,7 +1,8 @@
 """The learned request policy in the quality harness.
 
 For every validation and test user the harness replays the device's situation on the stale
-list (:func:`dcrec.shared.request_value.situation_features`, the runtime's own features), and
+list (a data set with fewer than 20,000 validation users replays up to 8 earlier prefixes of
+each, :func:`prefixes_for`) (:func:`dcrec.shared.request_value.situation_features`, the runtime's own features), and
 the gain a fresh list brings on the target: NDCG@10 of the fused fresh list minus that of the
 fused stale one. The request-value model is fitted on the validation users, whose lists come
 from the cloud that never saw their targets (out of fold), and spends each budget on test
@@ -31,6 +32,31 @@ from dcrec.shared.splits import EvalSet
 
 #: The device distribution's temperature in the features: the runtime's default.
 TEMPERATURE = 2.0
+
+
+#: Replayed situations the request model should have at least: a data set with fewer
+#: validation users replays that many more prefixes per user, up to MAX_PREFIXES.
+MIN_ROWS = 20000
+MAX_PREFIXES = 8
+
+
+def prefixes_for(n_users: int) -> int:
+    """Prefixes replayed per validation user: 1 when there are MIN_ROWS users or more."""
+    return int(min(MAX_PREFIXES, max(1, -(-MIN_ROWS // max(n_users, 1)))))
+
+
+def earlier(valid: EvalSet, p: int, lag: int) -> EvalSet:
+    """The validation situations ``p`` events earlier: history and target shifted back by
+    ``p``, the cloud's view ``lag`` events behind the history; users too short are left out."""
+    users, hist, targets, cloud = [], [], [], []
+    for u, h, t in zip(valid.users, valid.histories, valid.targets, strict=True):
+        full = np.append(np.asarray(h, dtype=np.int64), t)
+        end = full.size - 1 - p  # the target's position
+        if end - lag < 1:
+            continue
+        users.append(u), hist.append(full[:end]), targets.append(int(full[end]))
+        cloud.append(full[: end - lag])
+    return EvalSet(np.asarray(users, dtype=np.int64), hist, np.asarray(targets, dtype=np.int64), cloud)
 
 
 def replay_features(ev: EvalSet, stale_items: np.ndarray, stale_cloud: np.ndarray,

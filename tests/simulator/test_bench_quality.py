@@ -10,6 +10,7 @@ import pytest
 
 from dcrec.simulator.bench import report
 from dcrec.simulator.bench.quality import QualityConfig, calibrate_threshold, run
+from dcrec.simulator.bench.request_value import earlier, prefixes_for
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +197,22 @@ def test_the_learned_policy_is_reported_beside_random_and_the_oracle(tmp_path: P
     ds = load_dataset("ml-100k")
     train = stale_cloud_split(ds, lag=cfg.lag).train
     marker = json.loads((tmp_path / "ml-100k" / "seed0" / "cloud-request" / REUSE_MARKER).read_text())
-    trimmed = [q[: len(q) - 1 - cfg.lag] for q in train if len(q) - 1 - cfg.lag >= 2]
+    prefixes = prefixes_for(300)
+    assert prefixes == 8  # few validation users: earlier prefixes of each are replayed too
+    trimmed = [q[: len(q) - cfg.lag - prefixes] for q in train if len(q) - cfg.lag - prefixes >= 2]
     assert marker == _model_key(ds, "cooccurrence", {}, trimmed)
     with np.load(tmp_path / "ml-100k" / "seed0" / "request-value.npz") as saved:
-        assert saved["x_valid"].shape == (300, len(infos[0]["request_model"]["features"]))
+        assert saved["x_valid"].shape == (infos[0]["request_rows"], len(infos[0]["request_model"]["features"]))
+        assert 300 * 7 < infos[0]["request_rows"] <= 300 * prefixes
+
+
+def test_earlier_prefixes_shift_history_target_and_view_together() -> None:
+    from dcrec.shared.splits import EvalSet
+
+    valid = EvalSet(np.array([0, 1]), [np.array([1, 2, 3, 4, 5]), np.array([7, 8])], np.array([6, 9]),
+                    [np.array([1, 2, 3]), np.array([7])])
+    two = earlier(valid, 2, lag=2)
+    assert two.users.tolist() == [0]  # user 1 is too short to go back two events
+    assert two.histories[0].tolist() == [1, 2, 3] and two.targets.tolist() == [4]
+    assert two.cloud_histories[0].tolist() == [1]
+    assert prefixes_for(22363) == 1 and prefixes_for(943) == 8 and prefixes_for(5000) == 4
