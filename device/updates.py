@@ -129,21 +129,17 @@ def _neighbour_index(model: DeviceModel, config: dict[str, Any]) -> NeighbourInd
     return index
 
 
-def _request_model_error(config: dict[str, Any]) -> str:
-    try:
-        RequestValueModel.from_dict(config.get("request_model"))
-    except RequestModelError as e:
-        return str(e)
-    return ""
-
-
-def _request_model(config: dict[str, Any]) -> RequestValueModel | None:
-    """The release's request-value model (config ``request_model``), or None without a usable one."""
+def _request_model(config: dict[str, Any], where: object) -> RequestValueModel | None:
+    """The release's request-value model (config ``request_model``), or None without one; a
+    model this device cannot read (e.g. a newer format) is None too, with a warning naming
+    the problem: the release still serves, and the learned policy falls back to budgeted."""
     if "request_model" not in config:
         return None
     try:
         return RequestValueModel.from_dict(config["request_model"])
-    except RequestModelError:
+    except RequestModelError as e:
+        log.warning("%s: its request model is unusable (%s); the learned request policy falls "
+                    "back to the budgeted one", where, e)
         return None
 
 
@@ -181,12 +177,7 @@ def install(model: DeviceModel, model_dir: str | Path, threads: int = 1,
     floor = installed_sequence(d)
     config = verify(model, trusted, max(floor - 1, 0) if reinstall else floor)
     index = _neighbour_index(model, config)  # (its checks are cheaper than loading the model)
-    request_model = _request_model(config)
-    if request_model is None and "request_model" in config:
-        # signed and verified, yet unreadable here (e.g. a newer format): the release still
-        # serves; the learned policy falls back to the budgeted one and logs it
-        log.warning("model %s: its request model is unusable (%s); the learned request policy "
-                    "falls back to the budgeted one", model.version, _request_model_error(config))
+    request_model = _request_model(config, f"model {model.version}")
     try:
         reranker = OnnxReranker(model.onnx, int(config["max_len"]), model.version, threads,
                                 _n_items(config))
@@ -240,10 +231,7 @@ def _from_pointer(d: Path, pointer: dict[str, Any], threads: int) -> OnnxReranke
     if got != sha:
         raise _Unusable(f"{name} is damaged (sha256 {got[:12]}, installed as {sha[:12]})")
     reranker = OnnxReranker(data, max_len, version, threads, _n_items(config))
-    reranker.request_model = _request_model(config)
-    if reranker.request_model is None and "request_model" in config:
-        log.warning("%s: installed request model unusable (%s); the learned request policy falls "
-                    "back to the budgeted one", d, _request_model_error(config))
+    reranker.request_model = _request_model(config, d)
     if pointer.get("neighbours_file"):
         try:
             index_file = d / _file_name(pointer["neighbours_file"])
