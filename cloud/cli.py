@@ -24,6 +24,7 @@ from dcrec.shared.cliutil import (
 )
 from dcrec.shared.cliutil import duration as parse_duration
 from dcrec.shared.fileio import write_atomic
+from dcrec.shared.system import SYSTEM
 
 
 def cmd_cloud_train(ns: argparse.Namespace) -> int:
@@ -194,9 +195,16 @@ def cmd_cloud_publish(ns: argparse.Namespace) -> int:
     from dcrec.cloud.releases.registry import ModelRegistry
 
     config = json.loads(Path(ns.config).read_text()) if ns.config else {}
+    from dcrec.shared.system import SystemConfigError, resolve
+
+    try:
+        system = resolve(ns.system, ns.override or ())
+    except SystemConfigError as e:
+        raise UsageError(str(e)) from None
     registry = ModelRegistry(ns.registry, _signer(ns))
     version = registry.publish(ns.model, config, ns.version, make_current=not ns.no_promote,
-                               neighbours=ns.neighbours, request_model=ns.request_model)
+                               neighbours=ns.neighbours, request_model=ns.request_model,
+                               system=system)
     live = " (live)" if not ns.no_promote else ""
     print(f"published device model {version}{live} to {ns.registry}")
     return 0
@@ -419,6 +427,11 @@ def _release_parsers(cloud: argparse._SubParsersAction) -> None:  # type: ignore
     q.add_argument("--neighbours", help="a neighbour index (dcrec cloud neighbours) to release with it")
     q.add_argument("--request-model",
                    help="a request-value model (dcrec cloud request-model) to release with it")
+    q.add_argument("--system", metavar="TOML",
+                   help="the settings devices run with (default: the built-in system, "
+                        "dcrec.shared.system; `dcrec system show` prints it)")
+    q.add_argument("--override", action="append", metavar="NAME",
+                   help="a named override of the system (never, always, random, no-index, ...)")
     q.add_argument("--version")
     q.add_argument("--signing-key", help="Ed25519 private key (PEM) to sign the release")
     q.add_argument("--no-promote", action="store_true", help="publish without making it live")
@@ -450,7 +463,8 @@ def _release_parsers(cloud: argparse._SubParsersAction) -> None:  # type: ignore
                          help="build the neighbour index devices use between requests (local lists)")
     q.add_argument("--model-dir", required=True, help="a trained cloud model (any backend)")
     q.add_argument("--out", required=True, help="the .npz file to write")
-    q.add_argument("--neighbours", type=positive_int, default=50, help="items kept per item")
+    q.add_argument("--neighbours", type=positive_int, default=SYSTEM.cloud.neighbours or 50,
+                   help="items kept per item (default: the system's, dcrec.shared.system)")
     q.set_defaults(fn=cmd_cloud_neighbours)
     _models_parsers(cloud)
 

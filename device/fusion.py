@@ -28,11 +28,10 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
-Scale = Literal["rank", "zscore"]
+from dcrec.shared.system import Scale as Scale  # re-exported: fusion's callers name it here
 
 
 def descending_order(scores: np.ndarray) -> np.ndarray:

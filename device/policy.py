@@ -15,12 +15,12 @@ Unbudgeted policies (request whenever their trigger fires):
 Budgeted policies (:mod:`dcrec.device.budget`: a token bucket refilled by
 ``target_ratio`` tokens per event caps the requests hard):
 
-* :class:`BudgetedPolicy` — the default: requests when the disagreement
+* :class:`BudgetedPolicy` — requests when the disagreement
   between the cloud's and the device's ranking exceeds a threshold that
   tracks the device's own score quantile, so about ``target_ratio`` of events
   trigger; also when the list expired or is mostly consumed, and when the
   bucket is full (a token left unused would be lost);
-* :class:`LearnedPolicy` — the same budget spent on the events whose predicted gain
+* :class:`LearnedPolicy` — the system's policy (dcrec.shared.system): the same budget spent on the events whose predicted gain
   (the release's request-value model, :mod:`dcrec.shared.request_value`) is highest;
   without a model it behaves as :class:`BudgetedPolicy` and says so in the log;
 * :class:`RandomPolicy` — requests at random events, same budget;
@@ -49,6 +49,7 @@ from typing import Protocol, runtime_checkable
 
 from dcrec.device.budget import QuantileTracker, TokenBucket, random_phase
 from dcrec.shared.contract import Reason
+from dcrec.shared.system import POLICY_NAMES, SYSTEM, SYSTEM_POLICY, PolicySettings
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +315,11 @@ _FACTORIES: dict[str, Callable[[float, float, int | None, float], RequestPolicy]
         target_ratio=ratio, capacity=capacity, seed=seed),
 }
 POLICIES = tuple(_FACTORIES)
+if set(POLICIES) != set(POLICY_NAMES):  # the system's settings name policies without importing them
+    raise AssertionError(f"dcrec.shared.system.POLICY_NAMES {POLICY_NAMES} != the policies here {POLICIES}")
+# What a command line, a scenario or a fleet may name: every policy, and "system" (the
+# system's own policy, at its budget; dcrec.shared.system).
+POLICY_CHOICES = (SYSTEM_POLICY, *POLICIES)
 
 
 def make_policy(name: str, threshold: float = 0.95, target_ratio: float = 0.05,
@@ -328,3 +334,22 @@ def make_policy(name: str, threshold: float = 0.95, target_ratio: float = 0.05,
     if factory is None:
         raise ValueError(f"unknown request policy {name!r}; choose one of {', '.join(POLICIES)}")
     return factory(threshold, target_ratio, seed, capacity)
+
+
+def policy_of(settings: PolicySettings | None = None, seed: int | None = None) -> RequestPolicy:
+    """The policy ``settings`` describe (the system's section ``[policy]``; None: the built-in
+    system's): its name at its budget, bucket and threshold."""
+    p = settings or SYSTEM.policy
+    return make_policy(p.name, threshold=p.threshold, target_ratio=p.target_ratio, seed=seed,
+                       capacity=p.capacity)
+
+
+def resolve_policy(name: str, settings: PolicySettings | None = None, threshold: float | None = None,
+                   seed: int | None = None) -> RequestPolicy:
+    """A policy by one of :data:`POLICY_CHOICES`: ``system`` is :func:`policy_of` ``settings``; any
+    other name is that policy at the system's budget (``threshold`` overrides its threshold)."""
+    p = settings or SYSTEM.policy
+    if name == SYSTEM_POLICY:
+        return policy_of(p, seed)
+    return make_policy(name, threshold=p.threshold if threshold is None else threshold,
+                       target_ratio=p.target_ratio, seed=seed, capacity=p.capacity)

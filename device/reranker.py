@@ -30,6 +30,7 @@ import onnxruntime as ort
 from dcrec.shared.errors import DeviceDataError
 from dcrec.shared.neighbours import NeighbourIndex
 from dcrec.shared.request_value import RequestValueModel
+from dcrec.shared.system import System
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,13 @@ def _check_metadata(meta: dict[str, str], max_len: int, n_items: int | None) -> 
                                  f"{source} {want}")
 
 
+def _declared_items(meta: dict[str, str]) -> int | None:
+    """The catalogue size the export wrote into the file (``_check_metadata`` read it as an
+    integer already), or None for an older export."""
+    n = int(meta["n_items"]) if "n_items" in meta else None
+    return n if n is not None and n >= 1 else None
+
+
 _ONE = np.zeros((1, 1), dtype=np.int64)  # a candidate to feed when only ``user`` is read
 _TABLES: dict[str, np.ndarray] = {}
 
@@ -141,14 +149,18 @@ class OnnxReranker:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
         if n_items is not None and n_items < 1:
             raise ValueError(f"n_items must be >= 1, got {n_items}")
-        self.n_items = n_items  # catalogue size, when known: enables score_catalogue
         self.neighbours: NeighbourIndex | None = None  # the cloud's index released with the model
         # the release's request-value model (config "request_model"), when it carries one
         self.request_model: RequestValueModel | None = None
+        # the system the release was published with (config "system"), when it carries one
+        self.system: System | None = None
         self.session = _session(data, threads)
         # What the export wrote into the file (all strings); empty for older exports.
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         _check_metadata(self.metadata, max_len, n_items)
+        if n_items is None:  # a model loaded from its file alone: its export says how many items
+            n_items = _declared_items(self.metadata)
+        self.n_items = n_items  # catalogue size, when known: enables score_catalogue
         if n_items is not None:
             _check_catalogue(self.session, data, n_items)
         self._catalogue = None if n_items is None else np.arange(1, n_items + 1, dtype=np.int64)[None, :]

@@ -32,7 +32,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import get_args
 
 import numpy as np
 
@@ -41,20 +40,18 @@ from dcrec.device.catalogue import CatalogueGuard, refuse
 from dcrec.device.client import CloudClient, CloudRejected, CloudUnavailable
 from dcrec.device.fusion import (
     AlphaLearner,
-    Scale,
     blend,
     blend_lists,
     descending_order,
     normalise,
     rank_scores,
 )
-from dcrec.device.policy import NeverPolicy, PolicyInput, RequestFeedback, RequestPolicy
+from dcrec.device.policy import PolicyInput, RequestFeedback, RequestPolicy, policy_of
 from dcrec.device.reranker import Reranker
 from dcrec.device.store import HISTORY_CACHE, CachedList, DeviceStore, OnDamage
 from dcrec.device.telemetry import FlushResult, TelemetryUploader
 from dcrec.shared.agreement import (
     CATALOGUE_MEASURES,
-    Measure,
     coverage_gap,
     disagreement,
     regret_of_scores,
@@ -64,63 +61,14 @@ from dcrec.shared.agreement import (
 from dcrec.shared.contract import CandidatesRequest, Reason
 from dcrec.shared.neighbours import NeighbourIndex
 from dcrec.shared.request_value import RequestValueModel, situation_features
+from dcrec.shared.system import SYSTEM, DeviceSettings, Scale, System
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class RuntimeConfig:
-    candidates: int = 100  # list size asked of the cloud
-    show: int = 10  # items the app displays
-    alpha: float = 0.5  # the cloud's weight in fusion; 1 = cloud order, 0 = device order
-    history_window: int = 50  # newest events sent with a request and fed to the reranker
-    exclude_seen: bool = True  # never show what the user already consumed
-    measure: Measure = "rbo"  # how device/cloud disagreement is measured
-    # depth of the comparison: rbo's prefix, coverage's device top-k; regret compares the
-    # ``show`` items on screen (the device model scores the whole catalogue for both)
-    measure_top: int = 20
-    regret_temperature: float = 2.0  # softmax temperature of the device distribution (regret, uncovered)
-    # The device model's own top-k unseen items (whole catalogue) ranked beside the cloud's
-    # list, below every item the cloud listed on the cloud side: the stale list cannot hide
-    # what the fresh history points to. 0 = the cloud's candidates only.
-    device_candidates: int = 0
-    # With the cloud's neighbour index (shared.neighbours: released with the model, or passed
-    # to the runtime): once the history has moved past the cached list, the list is blended
-    # with the index's local list for the history now (the cloud-side score becomes
-    # ``(1 - w) * rank(cached) + w * rank(local)``, w = ``neighbour_weight``); with no list
-    # yet, the local list alone is ranked. ``neighbour_recent`` newest items vote, each older
-    # one ``neighbour_decay`` times the next newer's.
-    neighbours: bool = True
-    neighbour_weight: float = 1.0
-    neighbour_recent: int = 10
-    neighbour_decay: float = 0.7
-    scale: Scale = "rank"  # how cloud and device scores are made comparable before fusion
-    learn_alpha: bool = False  # adapt alpha per device from the user's choices (starts at alpha)
-    adapt: bool = False  # learn a per-user vector on the device (needs a model with embeddings)
-    adapt_lr: float = 0.5
-    adapt_decay: float = 0.05  # per choice: how fast the user vector forgets
-    persist_every: int = 20  # events between saves of the learned state (also saved on close)
-
-    def validate(self) -> None:
-        if self.candidates < 1 or self.show < 1 or self.history_window < 1:
-            raise ValueError("candidates, show and history_window must be >= 1")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
-        if self.scale not in ("rank", "zscore"):
-            raise ValueError(f"scale must be rank or zscore, got {self.scale!r}")
-        if self.persist_every < 1:
-            raise ValueError("persist_every must be >= 1")
-        if self.measure not in get_args(Measure):
-            raise ValueError(f"unknown measure {self.measure!r}; use one of {', '.join(get_args(Measure))}")
-        if self.regret_temperature <= 0:
-            raise ValueError(f"regret_temperature must be > 0, got {self.regret_temperature}")
-        if self.device_candidates < 0:
-            raise ValueError(f"device_candidates must be >= 0, got {self.device_candidates}")
-        if not 0.0 <= self.neighbour_weight <= 1.0:
-            raise ValueError(f"neighbour_weight must be in [0, 1], got {self.neighbour_weight}")
-        if self.neighbour_recent < 1 or not 0.0 < self.neighbour_decay <= 1.0:
-            raise ValueError(f"neighbour_recent must be >= 1 and neighbour_decay in (0, 1], got "
-                             f"{self.neighbour_recent} and {self.neighbour_decay}")
+# The runtime's settings are the system's device section (dcrec.shared.system): their
+# defaults are the system's, defined there once.
+RuntimeConfig = DeviceSettings
 
 
 @dataclass(frozen=True)
@@ -207,6 +155,12 @@ class _SeenMask:
             self.n += 1
 
 
+def system_of(reranker: Reranker | None) -> System:
+    """The system a device with ``reranker`` runs: its release's, or the built-in one."""
+    released = getattr(reranker, "system", None)
+    return released if isinstance(released, System) else SYSTEM
+
+
 class DeviceRuntime:
     def __init__(self, device_id: str, store: DeviceStore, reranker: Reranker | None,
                  client: CloudClient | None, policy: RequestPolicy | None = None,
@@ -220,8 +174,11 @@ class DeviceRuntime:
         self.store = store
         self.reranker = reranker
         self.client = client
-        self.policy = policy or NeverPolicy()
-        self.config = config or RuntimeConfig()
+        # With neither given, the device runs the system its release was published with
+        # (dcrec.shared.system; the release config's ``system``), or the built-in system.
+        system = system_of(reranker)
+        self.policy = policy or policy_of(system.policy)
+        self.config = config or system.device
         self.config.validate()
         cache = getattr(store, "history_cache", None)
         if cache is not None and self.config.history_window > cache:
@@ -258,7 +215,7 @@ class DeviceRuntime:
              device_id: str | None = None, clock: Callable[[], float] = time.time,
              neighbours: NeighbourIndex | None = None, on_damage: OnDamage = "quarantine") -> DeviceRuntime:
         """A runtime on the store file at ``path``; ``on_damage``: see :class:`DeviceStore`."""
-        window = (config or RuntimeConfig()).history_window
+        window = (config or system_of(reranker).device).history_window
         store = DeviceStore(path, history_cache=max(HISTORY_CACHE, window), on_damage=on_damage)
         try:
             return cls(device_id or Path(path).stem, store, reranker, client, policy, config, clock,

@@ -53,6 +53,7 @@ from dcrec.shared.signatures import SignatureError, TrustedKeys, check_signature
 from dcrec.shared.signatures import (
     load_trusted_keys as load_trusted_keys,  # part of this module's API
 )
+from dcrec.shared.system import System, SystemConfigError, parse_system
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,23 @@ def _neighbour_index(model: DeviceModel, config: dict[str, Any]) -> NeighbourInd
     return index
 
 
+def _system(config: dict[str, Any], where: object) -> System | None:
+    """The system the release was published with (config ``system``, a TOML document), or None
+    without one; settings this device cannot read (e.g. a newer format) are None too, with a
+    warning naming the problem: the release still serves and the device runs its built-in
+    system."""
+    if "system" not in config:
+        return None
+    text = config["system"]
+    try:
+        if not isinstance(text, str):
+            raise SystemConfigError([f"is a JSON {type(text).__name__}, not TOML text"], "system")
+        return parse_system(text, f"{where}: system")
+    except SystemConfigError as e:
+        log.warning("%s; the device runs its built-in system", e)
+        return None
+
+
 def _request_model(config: dict[str, Any], where: object) -> RequestValueModel | None:
     """The release's request-value model (config ``request_model``), or None without one; a
     model this device cannot read (e.g. a newer format) is None too, with a warning naming
@@ -185,6 +203,7 @@ def install(model: DeviceModel, model_dir: str | Path, threads: int = 1,
         raise ModelRejected(f"model {model.version}: {e}") from e
     reranker.neighbours = index
     reranker.request_model = request_model
+    reranker.system = _system(config, f"model {model.version}")
     d.mkdir(parents=True, exist_ok=True)
     name = f"model-{model.sequence}-{model.sha256[:12]}.onnx"
     write_atomic(d / name, model.onnx)
@@ -232,6 +251,7 @@ def _from_pointer(d: Path, pointer: dict[str, Any], threads: int) -> OnnxReranke
         raise _Unusable(f"{name} is damaged (sha256 {got[:12]}, installed as {sha[:12]})")
     reranker = OnnxReranker(data, max_len, version, threads, _n_items(config))
     reranker.request_model = _request_model(config, d)
+    reranker.system = _system(config, d)
     if pointer.get("neighbours_file"):
         try:
             index_file = d / _file_name(pointer["neighbours_file"])

@@ -22,7 +22,7 @@ from dcrec.shared.errors import DeviceDataError
 
 # Modules exposing register(subparsers); one line per area.
 AREAS = ["dcrec.cloud.cli", "dcrec.cloud.training.cli", "dcrec.device.cli", "dcrec.simulator.cli",
-         "dcrec.simulator.bench.cli"]
+         "dcrec.simulator.bench.cli", "dcrec.shared.system_cli"]
 
 # What a command raises for a failure of the world rather than of the code: bad or missing files
 # (OSError covers ConnectionError too), refused releases and registries (ValueError subclasses),

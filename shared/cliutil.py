@@ -142,7 +142,8 @@ def config_options(opts: dict[str, Any], cls: type, flag: str, **fixed: Any) -> 
 
 
 AREAS = {"cloud": "the cloud recommender", "device": "the on-device reranker and its models",
-         "bench": "offline benchmarks"}
+         "bench": "offline benchmarks",
+         "system": "the system's settings: what the device, the harness and the simulator run"}
 
 
 def area(sub: argparse._SubParsersAction, name: str) -> argparse._SubParsersAction:  # type: ignore[type-arg]

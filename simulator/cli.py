@@ -7,8 +7,9 @@ import signal
 import sys
 from pathlib import Path
 
-from dcrec.device.policy import POLICIES
+from dcrec.device.policy import POLICY_CHOICES
 from dcrec.shared.cliutil import UsageError, data_args, positive_float, positive_int, unit_interval
+from dcrec.shared.system import SYSTEM
 
 
 def _access(ns: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -103,11 +104,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="the server's HMAC secret: each simulated device gets its own device token "
                         "(a token names one device, so one token cannot serve a fleet)")
     q.add_argument("--workdir", default="runs/simulate")
-    q.add_argument("--policy", action="append", choices=POLICIES,
-                   help="request policy; repeat to compare (default: disagreement)")
-    q.add_argument("--threshold", type=unit_interval, default=0.95,
-                   help="disagreement (1 - rank-biased overlap of the top 20) that triggers a request")
-    q.add_argument("--alpha", type=unit_interval, default=0.5, help="cloud weight in fusion")
+    q.add_argument("--policy", action="append", choices=POLICY_CHOICES,
+                   help="request policy; repeat to compare (default: system, the system's own "
+                        "policy at its budget; dcrec system show)")
+    q.add_argument("--threshold", type=unit_interval, default=SYSTEM.policy.threshold,
+                   help="the disagreement policy's fixed threshold (and budgeted's prior)")
+    q.add_argument("--alpha", type=unit_interval, help="cloud weight in fusion (default: the system's)")
     q.add_argument("--users", type=positive_int,
                    help="replay only this many users; with --scenario: the scenario's user count "
                         "(workload.devices of a closed loop, workload.max_users of a trace)")

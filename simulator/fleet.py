@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import inspect
 import logging
 import random
 import shutil
@@ -50,11 +49,12 @@ from pathlib import Path
 from typing import Literal
 
 from dcrec.device.client import Backoff, CloudClient
-from dcrec.device.policy import RequestPolicy, make_policy
+from dcrec.device.policy import RequestPolicy, resolve_policy
 from dcrec.device.reranker import Reranker
-from dcrec.device.runtime import DeviceRuntime, RuntimeConfig
+from dcrec.device.runtime import DeviceRuntime, RuntimeConfig, system_of
 from dcrec.device.store import HISTORY_CACHE, DeviceStore
 from dcrec.shared.contract import Reason
+from dcrec.shared.system import SYSTEM, SYSTEM_POLICY
 from dcrec.simulator.clock import DeviceClock, FleetClock, rss_mb
 from dcrec.simulator.faults import CloudControl, Fault
 from dcrec.simulator.metering import CloudAccess, MeteredClient, fleet_channels, wait_ready
@@ -68,8 +68,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class FleetConfig:
     workdir: Path
-    policy: str = "disagreement"
-    threshold: float = 0.95
+    policy: str = SYSTEM_POLICY  # the system's request policy (dcrec.shared.system), or any by name
+    threshold: float = SYSTEM.policy.threshold
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     k: int = 10  # cut-off of HR@k / NDCG@k of the shown list; at most runtime.show
     deadline_s: float = 2.0  # per GetCandidates call, wall-clock
@@ -168,11 +168,10 @@ class SimDevice:
     busy: bool = False
 
 
-def _policy(name: str, threshold: float, seed: int) -> RequestPolicy:
-    """The device's policy; budgeted ones get a per-device seed so runs repeat exactly."""
-    if "seed" in inspect.signature(make_policy).parameters:
-        return make_policy(name, threshold, seed=seed)  # type: ignore[call-arg]
-    return make_policy(name, threshold)
+def _policy(name: str, threshold: float, seed: int, reranker: Reranker | None) -> RequestPolicy:
+    """The device's policy: ``system`` is its release's (or the built-in system's) at its
+    budget; budgeted ones get a per-device seed so runs repeat exactly."""
+    return resolve_policy(name, system_of(reranker).policy, threshold, seed)
 
 
 class Fleet:
@@ -199,7 +198,7 @@ class Fleet:
         cfg = self.config
         clock = DeviceClock(spec.start_s)
         rng = random.Random(f"{cfg.seed}:{spec.index}")
-        policy = _policy(cfg.policy, cfg.threshold, cfg.seed * 1_000_003 + spec.index)
+        policy = _policy(cfg.policy, cfg.threshold, cfg.seed * 1_000_003 + spec.index, self.reranker)
         spread = RecoverySpread(policy, rng=random.Random(f"spread:{cfg.seed}:{spec.index}")) \
             if cfg.recovery_spread else None
         token = cfg.access.token(spec.device_id) if cfg.access is not None else None

@@ -25,6 +25,7 @@ from pathlib import Path
 from dcrec.device.reranker import Reranker
 from dcrec.device.runtime import RuntimeConfig
 from dcrec.shared.splits import TimeSplit
+from dcrec.shared.system import SYSTEM, SYSTEM_POLICY
 from dcrec.simulator.fleet import Fleet, FleetConfig, FleetResult
 from dcrec.simulator.metering import CloudAccess
 from dcrec.simulator.workload import TraceWorkload
@@ -33,8 +34,8 @@ from dcrec.simulator.workload import TraceWorkload
 @dataclass(frozen=True)
 class ReplayConfig:
     workdir: Path
-    policy: str = "disagreement"
-    threshold: float = 0.95
+    policy: str = SYSTEM_POLICY  # the system's request policy (dcrec.shared.system), or any by name
+    threshold: float = SYSTEM.policy.threshold
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     k: int = 10  # cut-off of HR@k / NDCG@k of the shown list
     max_users: int | None = None  # replay only the first N users with a stream

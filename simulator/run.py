@@ -7,10 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from dcrec.device.runtime import RuntimeConfig
 from dcrec.shared.data import load_dataset
 from dcrec.shared.progress import Progress
 from dcrec.shared.splits import time_split
+from dcrec.shared.system import SYSTEM, SYSTEM_POLICY
 from dcrec.simulator.cloudproc import CloudProcess
 from dcrec.simulator.fleet_run import fetch_reranker
 from dcrec.simulator.metering import CloudAccess
@@ -29,8 +29,8 @@ class SimulationSpec:
     access: CloudAccess | None = None  # TLS and device tokens to reach it (--connect only)
     workdir: Path = Path("runs/simulate")
     policies: list[str] | None = None
-    threshold: float = 0.95
-    alpha: float = 0.5
+    threshold: float = SYSTEM.policy.threshold
+    alpha: float | None = None  # None: the system's
     max_users: int | None = None
     ttl: float = 86400.0
 
@@ -55,7 +55,8 @@ def run_simulations(spec: SimulationSpec, say: Callable[[str], None] = log.info)
         if reranker is None:
             say(f"simulate: the cloud at {address} hands out no device model; devices show "
                 "the cloud's order")
-        for policy in spec.policies or ["disagreement"]:
+        runtime = SYSTEM.device if spec.alpha is None else replace(SYSTEM.device, alpha=spec.alpha)
+        for policy in spec.policies or [SYSTEM_POLICY]:
             bar = Progress(f"simulate {policy:>12}", 1)
 
             def tick(done: int, total: int, bar: Progress = bar) -> None:
@@ -64,7 +65,7 @@ def run_simulations(spec: SimulationSpec, say: Callable[[str], None] = log.info)
 
             cfg = ReplayConfig(workdir=Path(spec.workdir) / policy, policy=policy,
                                threshold=spec.threshold, max_users=spec.max_users,
-                               runtime=replace(RuntimeConfig(), alpha=spec.alpha),
+                               runtime=runtime,
                                access=spec.access)
             results.append(replay(split, address, reranker, cfg, progress=tick))
             bar.close()

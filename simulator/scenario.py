@@ -48,8 +48,9 @@ from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic_core import ErrorDetails
 
-from dcrec.device.policy import POLICIES
+from dcrec.device.policy import POLICY_CHOICES
 from dcrec.device.runtime import RuntimeConfig
+from dcrec.shared.system import SYSTEM
 from dcrec.simulator.faults import Fault
 from dcrec.simulator.netem import LinkProfile
 from dcrec.simulator.users import LatentUserConfig
@@ -120,8 +121,8 @@ class Scenario:
     name: str
     description: str = ""
     seed: int = 0
-    policies: tuple[str, ...] = ("disagreement",)
-    threshold: float = 0.95
+    policies: tuple[str, ...] = ("system",)  # "system": the system's policy (dcrec.shared.system)
+    threshold: float = SYSTEM.policy.threshold  # disagreement's fixed threshold, budgeted's prior
     dataset: str = "ml-100k"
     cloud_fraction: float = 0.8
     ttl_s: float = 86400.0  # lists the cloud hands out live this long (started servers only)
@@ -194,7 +195,7 @@ _LIMITS: dict[str, dict[str, dict[str, Any]]] = {
                "join_fraction": {"ge": 0.0, "le": 1.0}, "join_ramp_s": {"ge": 0.0}},
 }
 # Types narrower than the dataclass's annotation: policy names the device knows.
-_TYPES: dict[tuple[str, str], Any] = {("", "policies"): tuple[Literal[POLICIES], ...]}  # type: ignore[valid-type]
+_TYPES: dict[tuple[str, str], Any] = {("", "policies"): tuple[Literal[POLICY_CHOICES], ...]}  # type: ignore[valid-type]
 
 # Strict: TOML (and --set, parsed as TOML) gives real types, so "5" is not a number and
 # 1 is not true; an int is still a float. nan and inf are refused.

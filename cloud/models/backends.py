@@ -26,6 +26,7 @@ import numpy as np
 from dcrec.cloud.models.generator import CandidateGenerator
 from dcrec.shared.data import Dataset
 from dcrec.shared.fileio import write_atomic
+from dcrec.shared.system import SYSTEM
 
 # name -> module implementing train() and load_generator(); imported lazily so
 # that a server for one backend never imports another's heavy dependencies.
@@ -40,7 +41,7 @@ MANIFEST = "backend.json"
 # What ``dcrec cloud train``, the quality harness, the simulator and the demo train when no
 # backend is named: textrec (item text through MiniLM) and co-occurrence, blended with
 # weights chosen on validation users (docs/CLOUD_MODELS.md).
-DEFAULT_BACKEND = "ensemble"
+DEFAULT_BACKEND = SYSTEM.cloud.backend  # the system's cloud (dcrec.shared.system)
 
 
 class BackendError(ValueError):

@@ -42,6 +42,7 @@ from dcrec.shared.contract import DeviceModel, manifest_bytes
 from dcrec.shared.fileio import write_atomic
 from dcrec.shared.neighbours import NeighbourIndex, NeighbourIndexError
 from dcrec.shared.signatures import SignatureError, TrustedKeys, check_signature
+from dcrec.shared.system import SYSTEM, System, SystemConfigError, load_system
 
 if TYPE_CHECKING:
     from dcrec.cloud.releases.signing import Signer
@@ -266,6 +267,17 @@ def _read_request_model(path: Path) -> dict[str, Any]:
     return data
 
 
+def _system_text(system: System | str | Path | None) -> str:
+    if system is None:
+        return SYSTEM.to_toml()
+    if isinstance(system, System):
+        return system.to_toml()
+    try:
+        return load_system(system).to_toml()
+    except SystemConfigError as e:
+        raise RegistryError(str(e)) from e
+
+
 class ModelRegistry(Releases):
     """Device rerankers (ONNX). With a signer, every release carries a signed manifest.
 
@@ -287,7 +299,7 @@ class ModelRegistry(Releases):
 
     def publish(self, onnx_path: str | Path, config: dict[str, Any], version: str | None = None,
                 make_current: bool = True, neighbours: str | Path | None = None,
-                request_model: str | Path | None = None) -> str:
+                request_model: str | Path | None = None, system: System | str | Path | None = None) -> str:
         """Copy an ONNX file in as a new version; returns the version string.
 
         ``neighbours``: a neighbour index file (``dcrec cloud neighbours``) released with
@@ -295,7 +307,11 @@ class ModelRegistry(Releases):
         ``request_model``: a request-value model (JSON, ``dcrec cloud request-model``); it is
         checked here and rides in the release config (``request_model``), so the manifest and
         signature cover it like every other setting.
+        ``system``: the settings devices run with (a TOML file or a :class:`System`; None: the
+        built-in system, dcrec.shared.system), carried as TOML text in the release config
+        (``system``), under the manifest too.
         """
+        config = {**config, "system": _system_text(system)}
         if request_model is not None:
             config = {**config, "request_model": _read_request_model(Path(request_model))}
         data = Path(onnx_path).read_bytes()

@@ -33,7 +33,8 @@ def cmd_device_train(ns: argparse.Namespace) -> int:
     model = config_options(options(ns.option), SASRecConfig, "--option", n_items=1)
     ds, split = load_split(ns.dataset, ns.cloud_fraction)
     bar = Progress("device train", ns.epochs)
-    config = TrainConfig(epochs=ns.epochs, time_budget_s=ns.time_budget, seed=ns.seed, model=model)
+    config = TrainConfig(epochs=ns.epochs, time_budget_s=ns.time_budget, seed=ns.seed, model=model,
+                         threads=ns.threads)
     result = train_sasrec(split.cloud_sequences(), ds.n_items, config, ns.out,
                           progress=lambda e, loss, m: bar.update(
                               e, f"loss {loss:.3f} valid NDCG@10 {m.get('NDCG@10', 0):.4f}"))
@@ -169,6 +170,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--epochs", type=positive_int, default=30)
     q.add_argument("--time-budget", type=positive_float, default=600.0, help="seconds")
     q.add_argument("--seed", type=non_negative_int, default=0)
+    q.add_argument("--threads", type=positive_int, default=2, help="torch threads")
     q.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", type=key_value,
                    help="model settings, e.g. dim=64 layers=2")
     q.set_defaults(fn=cmd_device_train)

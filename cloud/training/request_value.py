@@ -195,6 +195,37 @@ def replay(sequences: list[np.ndarray], users: np.ndarray, gen: Any, reranker: A
     return x, gain
 
 
+def _replay_plan(sequences: list[np.ndarray], users: int, max_lag: int,
+                 seed: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """(users chosen, their lags, the fold cloud's training sequences): each chosen user loses
+    its last lag + 1 items."""
+    if max_lag < 1:
+        raise ValueError(f"max_lag must be >= 1, got {max_lag}")
+    long_enough = np.flatnonzero([len(s) >= 4 for s in sequences])
+    if long_enough.size < 50:
+        raise ValueError(f"only {long_enough.size} training users have 4 events or more; "
+                         "a request model needs at least 50")
+    rng = np.random.default_rng([seed, 23])
+    chosen = np.sort(rng.choice(long_enough, min(users, long_enough.size), replace=False))
+    most = np.minimum(max_lag, np.array([len(sequences[u]) - 3 for u in chosen]))
+    lags = 1 + np.floor(rng.random(chosen.size) * most).astype(np.int64)
+    lag_of = dict(zip(chosen.tolist(), lags.tolist(), strict=True))
+    fold = [s[: len(s) - 1 - lag_of[i]] if i in lag_of else s for i, s in enumerate(sequences)]
+    return chosen, lags, fold
+
+
+def fold_cloud(dataset: Any, sequences: list[np.ndarray], workdir: Path, backend: str,
+               options: dict[str, Any], users: int = 3000, max_lag: int = 8, seed: int = 0,
+               say: Callable[[str], None] = lambda s: None) -> Any:
+    """The fold cloud :func:`train_request_model` replays with (trained, or reused from
+    ``workdir``). It does not depend on the device model, so it can be trained beside it
+    (``dcrec demo`` does) and found again by the same arguments."""
+    from dcrec.cloud.models.backends import trained_backend
+
+    _, _, fold = _replay_plan(sequences, users, max_lag, seed)
+    return trained_backend(dataset, backend, options, fold, workdir / "fold-cloud", True, say)
+
+
 def train_request_model(dataset: Any, sequences: list[np.ndarray], device_model_dir: Path,
                         out: Path, workdir: Path, backend: str, options: dict[str, Any],
                         neighbours: Path | None = None, users: int = 3000, max_lag: int = 8,
@@ -208,29 +239,18 @@ def train_request_model(dataset: Any, sequences: list[np.ndarray], device_model_
     sees lists of every age. Each loses its last lag + 1 items from the training data of a
     fold cloud (``backend``, ``options``: what ``dcrec cloud train`` ran): as on a phone,
     the cloud that made a replayed list has seen neither the events since nor the item that
-    labels it. The fold cloud is kept in ``workdir`` and reused when nothing changed.
+    labels it. The fold cloud is kept in ``workdir`` and reused when nothing changed
+    (:func:`fold_cloud`).
     """
     import json
 
-    from dcrec.cloud.models.backends import trained_backend
     from dcrec.device.reranker import OnnxReranker
     from dcrec.device.runtime import RuntimeConfig
     from dcrec.shared.fileio import write_atomic
     from dcrec.shared.neighbours import NeighbourIndex
 
-    if max_lag < 1:
-        raise ValueError(f"max_lag must be >= 1, got {max_lag}")
-    long_enough = np.flatnonzero([len(s) >= 4 for s in sequences])
-    if long_enough.size < 50:
-        raise ValueError(f"only {long_enough.size} training users have 4 events or more; "
-                         "a request model needs at least 50")
-    rng = np.random.default_rng([seed, 23])
-    chosen = np.sort(rng.choice(long_enough, min(users, long_enough.size), replace=False))
-    most = np.minimum(max_lag, np.array([len(sequences[u]) - 3 for u in chosen]))
-    lags = 1 + np.floor(rng.random(chosen.size) * most).astype(np.int64)
-    lag_of = dict(zip(chosen.tolist(), lags.tolist(), strict=True))
-    fold_sequences = [s[: len(s) - 1 - lag_of[i]] if i in lag_of else s for i, s in enumerate(sequences)]
-    gen = trained_backend(dataset, backend, options, fold_sequences, workdir / "fold-cloud", True, say)
+    chosen, lags, _ = _replay_plan(sequences, users, max_lag, seed)
+    gen = fold_cloud(dataset, sequences, workdir, backend, options, users, max_lag, seed, say)
     meta = json.loads((device_model_dir / "model.json").read_text())
     reranker = OnnxReranker((device_model_dir / "model.onnx").read_bytes(), int(meta["max_len"]),
                             "replay", 1, meta.get("n_items"))

@@ -8,6 +8,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from dcrec.cloud.models.backends import DEFAULT_BACKEND
@@ -25,25 +26,34 @@ from dcrec.shared.cliutil import (
 
 
 def cmd_quality(ns: argparse.Namespace) -> int:
+    from dcrec.shared.system import SystemConfigError, resolve
     from dcrec.simulator.bench import report
     from dcrec.simulator.bench.quality import QualityConfig, run
 
-    cfg = QualityConfig(dataset=ns.dataset, seeds=ns.seeds, cloud_backend=ns.cloud_backend,
-                        cloud_options=options(ns.cloud_option),
-                        device_epochs=ns.epochs, device_time_budget_s=ns.time_budget,
-                        max_users=ns.users, workdir=Path(ns.workdir), measure=ns.measure,
-                        measure_top=ns.measure_top, jobs=ns.jobs, threads=ns.threads,
-                        baseline_seeds=ns.baseline_seeds, device_batch_size=ns.batch_size,
-                        device_patience=ns.patience, candidates=ns.candidates,
-                        device_model=options(ns.device_option), reuse=ns.reuse,
-                        device_objective=ns.device_objective, device_folds=ns.device_folds,
-                        device_full_weight=ns.device_full_weight,
-                        device_missing_target=ns.device_missing_target,
-                        device_candidates=ns.device_candidates, neighbours=ns.neighbours,
-                        device_distill_weight=ns.device_distill_weight,
-                        device_distill_temperature=ns.device_distill_temperature,
-                        device_folds_hold_out_valid=ns.device_folds_hold_out_valid,
-                        baselines=tuple(ns.baseline) if ns.baseline else QualityConfig.baselines)
+    try:
+        system = resolve(ns.system, ns.override or ())
+    except SystemConfigError as e:
+        raise UsageError(str(e)) from None
+    # What the system sets, unless a flag says otherwise (QualityConfig.of_system).
+    given = {"cloud_backend": ns.cloud_backend, "measure": ns.measure, "measure_top": ns.measure_top,
+             "candidates": ns.candidates, "device_candidates": ns.device_candidates,
+             "neighbours": ns.neighbours}
+    base = QualityConfig.of_system(system, **{k: v for k, v in given.items() if v is not None})
+    cfg = replace(base, dataset=ns.dataset, seeds=ns.seeds,
+                  cloud_options=options(ns.cloud_option),
+                  device_epochs=ns.epochs, device_time_budget_s=ns.time_budget,
+                  max_users=ns.users, workdir=Path(ns.workdir),
+                  jobs=ns.jobs, threads=ns.threads,
+                  baseline_seeds=ns.baseline_seeds, device_batch_size=ns.batch_size,
+                  device_patience=ns.patience,
+                  device_model=options(ns.device_option), reuse=ns.reuse,
+                  device_objective=ns.device_objective, device_folds=ns.device_folds,
+                  device_full_weight=ns.device_full_weight,
+                  device_missing_target=ns.device_missing_target,
+                  device_distill_weight=ns.device_distill_weight,
+                  device_distill_temperature=ns.device_distill_temperature,
+                  device_folds_hold_out_valid=ns.device_folds_hold_out_valid,
+                  baselines=tuple(ns.baseline) if ns.baseline else QualityConfig.baselines)
     start = time.perf_counter()
 
     def say(msg: str) -> None:
@@ -53,7 +63,7 @@ def cmd_quality(ns: argparse.Namespace) -> int:
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
     name = Path(ns.dataset).name
-    table = report.markdown(rows)
+    table = report.headline(rows, cfg.system, cfg.system_ratio) + "\n\nEvery variant:\n\n" + report.markdown(rows)
     requests = report.requests_table(rows, infos)
     if requests:
         table += "\n\nRequest policies (NDCG@10):\n\n" + requests
@@ -126,20 +136,28 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bench = area(sub, "bench")
     q = bench.add_parser("quality", help="every variant of the stale-cloud protocol, side by side")
     q.add_argument("--dataset", default="ml-100k", help="ml-100k, beauty, or a path")
-    q.add_argument("--seeds", type=positive_int, default=1)
-    q.add_argument("--cloud-backend", default=DEFAULT_BACKEND,
-                   help=f"candidate generator backend (default {DEFAULT_BACKEND}; cooccurrence is the fast baseline)")
+    q.add_argument("--system", metavar="TOML",
+                   help="the system to measure (default: the built-in system, dcrec.shared.system); "
+                        "the flags below that it sets default to its values")
+    q.add_argument("--override", action="append", metavar="NAME",
+                   help="a named override of the system, repeatable (cooccurrence, no-index, ...: "
+                        "dcrec system show --override NAME)")
+    q.add_argument("--seeds", type=positive_int, default=3)
+    q.add_argument("--cloud-backend",
+                   help=f"candidate generator backend (default: the system's, {DEFAULT_BACKEND}; "
+                        "cooccurrence is the fast baseline)")
     q.add_argument("--cloud-option", action="append", default=[], metavar="KEY=VALUE",
                    help="the cloud backend's training options (e.g. time_budget_min=12)")
     q.add_argument("--epochs", type=positive_int, default=200, help="device-model epochs (early stopping)")
     q.add_argument("--time-budget", type=positive_float, default=1200.0,
                    help="seconds of training per device model")
-    q.add_argument("--measure", default="regret",
+    q.add_argument("--measure",
                    choices=["regret", "uncovered", "rbo", "footrule", "kendall", "coverage"],
-                   help="disagreement signal the request policy thresholds")
-    q.add_argument("--measure-top", type=positive_int, default=20,
-                   help="depth: rbo's prefix, or coverage's device top-k")
-    q.add_argument("--candidates", type=positive_int, default=100, help="length of the cloud's list")
+                   help="disagreement signal the request policy thresholds (default: the system's)")
+    q.add_argument("--measure-top", type=positive_int,
+                   help="depth: rbo's prefix, or coverage's device top-k (default: the system's)")
+    q.add_argument("--candidates", type=positive_int,
+                   help="length of the cloud's list (default: the system's)")
     q.add_argument("--batch-size", type=positive_int, default=256, help="device-model training batch")
     q.add_argument("--patience", type=positive_int, default=3, help="epochs without validation gain")
     q.add_argument("--device-option", action="append", default=[], metavar="KEY=VALUE",
@@ -162,18 +180,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--device-folds-hold-out-valid", action="store_true",
                    help="collab / distillation: fit the out-of-fold clouds without each "
                         "sequence's last item (the validation targets)")
-    q.add_argument("--device-candidates", type=non_negative_int, default=0, metavar="K",
+    q.add_argument("--device-candidates", type=non_negative_int, metavar="K",
                    help="add the device model's own top K unseen items to every cloud list "
-                        "before fusion (the runtime's device_candidates)")
-    q.add_argument("--neighbours", type=non_negative_int, default=0, metavar="K",
+                        "before fusion (the runtime's device_candidates; default: the system's)")
+    q.add_argument("--neighbours", type=non_negative_int, metavar="K",
                    help="the device blends stale lists with local lists from the cloud's "
-                        "neighbour index of K items per item (0: off)")
+                        "neighbour index of K items per item (0: off; default: the system's)")
     q.add_argument("--reuse", action="store_true",
                    help="reuse models in --workdir trained with the same settings")
     q.add_argument("--jobs", type=positive_int, default=1,
                    help="worker processes: seeds and baselines train side by side")
     q.add_argument("--threads", type=positive_int, help="torch threads per worker (default: cores / jobs)")
-    q.add_argument("--baseline-seeds", type=positive_int,
+    q.add_argument("--baseline-seeds", type=positive_int, default=1,
                    help="train the leave-one-out baselines for only the first N seeds")
     q.add_argument("--users", type=positive_int, help="evaluate a sample of this many users")
     q.add_argument("--baseline", action="append", help="LOO baselines (default: all)")

@@ -42,7 +42,6 @@ from typing import Any
 import numpy as np
 
 from dcrec.cloud.models import backends
-from dcrec.cloud.models.backends import DEFAULT_BACKEND
 from dcrec.device.budget import TokenBucket
 from dcrec.device.fusion import blend_lists, fuse
 from dcrec.device.policy import DisagreementPolicy, PolicyInput
@@ -50,6 +49,7 @@ from dcrec.shared.agreement import Measure, disagreement, expected_regret, softm
 from dcrec.shared.data import Dataset, load_dataset
 from dcrec.shared.metrics import ranks_from_scores, ranks_in_lists, summarize
 from dcrec.shared.splits import EvalSet, leave_one_out, stale_cloud_split
+from dcrec.shared.system import SYSTEM, System
 from dcrec.simulator.bench.scoring import (
     cloud_lists,
     seen_mask,
@@ -69,9 +69,9 @@ class QualityConfig:
     dataset: str = "ml-100k"
     seeds: int = 1
     lag: int = 2  # how many items the cloud's view trails the device's
-    candidates: int = 100  # length of the cloud's list
+    candidates: int = SYSTEM.device.candidates  # length of the cloud's list
     ratios: tuple[float, ...] = RATIOS
-    cloud_backend: str = DEFAULT_BACKEND
+    cloud_backend: str = SYSTEM.cloud.backend
     cloud_options: dict[str, Any] = field(default_factory=dict)
     device_epochs: int = 200
     device_time_budget_s: float = 1200.0
@@ -96,15 +96,15 @@ class QualityConfig:
     # Softmax temperatures the regret signal may use; the validation step picks one.
     regret_temperatures: tuple[float, ...] = (1.0, 2.0, 4.0)
     random_draws: int = 20  # random-request variant: metrics averaged over this many draws
-    measure: Measure = "regret"
-    measure_top: int = 20
+    measure: Measure = SYSTEM.device.measure
+    measure_top: int = SYSTEM.device.measure_top
     # The device's own top-k unseen items (whole catalogue) added to every cloud list before
     # fusion, as the runtime's ``RuntimeConfig.device_candidates`` does; 0: the cloud's list only.
-    device_candidates: int = 0
+    device_candidates: int = SYSTEM.device.device_candidates
     # Width of the cloud's neighbour index (shared.neighbours; 0: none). With it, a stale list
     # is blended with the device's local list (``candidates`` long) before fusion, the local
     # list's share of the cloud-side score chosen on the validation step among these weights.
-    neighbours: int = 0
+    neighbours: int = SYSTEM.cloud.neighbours if SYSTEM.device.neighbours else 0
     neighbour_weights: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
     baselines: tuple[str, ...] = ("most-popular", "sasrec", "gru4rec", "cloud")
     baseline_seeds: int | None = None  # seeds the baselines are trained for (None: every seed)
@@ -115,6 +115,23 @@ class QualityConfig:
     workdir: Path = Path("runs/bench")
     jobs: int = 1  # worker processes: seeds and baselines train side by side
     threads: int | None = None  # torch threads per worker (None: the cores shared among jobs)
+
+    # The system measured (dcrec.shared.system): its name labels the report; its policy's
+    # target ratio is the row the headline quotes.
+    system: str = SYSTEM.name
+    system_ratio: float = SYSTEM.policy.target_ratio
+
+    @classmethod
+    def of_system(cls, system: System, **given: Any) -> QualityConfig:
+        """The harness settings that measure ``system``; ``given`` (explicit flags) win."""
+        d = system.device
+        values: dict[str, Any] = {
+            "cloud_backend": system.cloud.backend, "candidates": d.candidates, "measure": d.measure,
+            "measure_top": d.measure_top, "device_candidates": d.device_candidates,
+            "neighbours": system.cloud.neighbours if d.neighbours else 0,
+            "learned": system.cloud.request_model, "system": system.name,
+            "system_ratio": system.policy.target_ratio}
+        return cls(**{**values, **given})
 
     def torch_threads(self) -> int:
         if self.threads is not None:

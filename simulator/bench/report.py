@@ -133,3 +133,48 @@ def requests_table(rows: list[Row], infos: list[dict] | None = None) -> str:  # 
                          f"{np.mean(q):.3f}, the disagreement measure {np.mean(qd):.3f} "
                          f"(mean over {len(q)} seed(s)).")
     return "\n".join(lines)
+
+
+# The headline's rows: (label, variant, at the system's ratio?), the system first.
+HEADLINE = (
+    ("the system (fusion + learned requests)", "learned", True),
+    ("never: fusion, no request after the first list", "fusion", False),
+    ("random requests at the same budget", "random", True),
+    ("disagreement (regret) requests at the same budget", "disagreement", True),
+    ("always: a fresh list on every event", "always-fresh", False),
+    ("the fresh cloud list alone", "cloud-fresh", False),
+    ("the device model alone", "device-only", False),
+    ("the neighbour index's local list alone", "neighbour-index", False),
+    ("the stale cloud list alone", "cloud-stale", False),
+    ("leave-one-out: the cloud", "LOO cloud", False),
+    ("leave-one-out: SASRec (reproduced reference)", "LOO sasrec", False),
+)
+
+
+def headline(rows: list[Row], system: str, ratio: float) -> str:
+    """The system's table: the system at its request budget, then every baseline the run has
+    (named as overrides of the system), NDCG@10 and HR@10, mean ± std over seeds, and for the
+    system its gain over random with each seed's 95 % paired interval over users."""
+    agg = aggregate(rows)
+    seeds = len({r.seed for r in rows})
+    lines = [f"The system ({system}), {seeds} seed(s), request budget {ratio * 100:.0f} %:", "",
+             "| row | requests | NDCG@10 | HR@10 |", "|---|---|---|---|"]
+    for label, variant, at_ratio in HEADLINE:
+        key = (variant, ratio if at_ratio else None)
+        if key not in agg:
+            continue
+        m = agg[key]
+        if at_ratio:
+            req = f"{m['measured_ratio'][0] * 100:.1f}%"
+        else:
+            req = {"cloud-fresh": "100%", "always-fresh": "100%"}.get(variant, "0%")
+            req = "-" if variant.startswith("LOO") else req
+        lines.append(f"| {label} | {req} | {m['NDCG@10'][0]:.4f} ± {m['NDCG@10'][1]:.4f} | "
+                     f"{m['HR@10'][0]:.4f} ± {m['HR@10'][1]:.4f} |")
+    learned = [r.metrics for r in rows if r.variant == "learned" and r.ratio == ratio]
+    if learned and "vs_random" in learned[0]:
+        cis = "; ".join(f"{m['vs_random']:+.4f} [{m['vs_random_lo']:+.4f}, {m['vs_random_hi']:+.4f}]"
+                        for m in learned)
+        lines.append(f"\nThe system minus random at {ratio * 100:.0f} %, NDCG@10, per seed "
+                     f"(95 % paired bootstrap over users): {cis}.")
+    return "\n".join(lines)

@@ -131,8 +131,10 @@ def test_one_pass_scoring_matches_onnx_runtime_on_every_candidate(device_model_d
         history = rng.integers(1, 1683, length)
         cand = rng.integers(1, 1683, 150)
         a, b = fast.score(history, cand), slow.score(history, cand)
-        assert np.abs(a - b).max() < 1e-5 and np.array_equal(np.argsort(-a, kind="stable"),
-                                                             np.argsort(-b, kind="stable"))
+        assert np.abs(a - b).max() < 1e-5
+        # the same order, up to scores within float32 rounding of each other (which order two
+        # such items take depends on the CPU's summation order)
+        assert (np.diff(b[np.argsort(-a, kind="stable")]) <= 1e-6).all()
         ca, cb = fast.score_catalogue(history), slow.score_catalogue(history)
         assert ca[0] == cb[0] == -np.inf and np.abs(ca[1:] - cb[1:]).max() < 1e-5
         # after the catalogue pass, candidate scores are read from it: the two agree exactly

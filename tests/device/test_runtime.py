@@ -147,8 +147,14 @@ def test_uncovered_measure_is_the_mass_outside_the_cloud_list(tmp_path: Path, cl
     assert rt._shown.size > len(cloud_left)
 
 
-def test_regret_needs_the_catalogue_size(tmp_path: Path, cloud, reranker) -> None:  # type: ignore[no-untyped-def]
-    assert reranker.score_catalogue(np.array([1, 2])) is None
+def test_regret_needs_the_catalogue_size(tmp_path: Path, cloud, reranker, device_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    # A model file knows its catalogue from its export metadata; an older export does not.
+    assert reranker.n_items == 1682 and reranker.score_catalogue(np.array([1, 2])) is not None
+    onnx = pytest.importorskip("onnx")
+    proto = onnx.load(str(device_model_dir / "model.onnx"))
+    del proto.metadata_props[:]
+    reranker = OnnxReranker(proto.SerializeToString(), 50, "old-export")
+    assert reranker.n_items is None and reranker.score_catalogue(np.array([1, 2])) is None
     rt = make(tmp_path, cloud[0], reranker, NeverPolicy(), measure="regret")
     assert rt.record(50, 1.0).disagreement == 0.0  # never a trigger without N; the list still shows
     assert rt.record(100, 2.0).items.size == 10

@@ -53,8 +53,9 @@ def expected(rt: DeviceRuntime) -> tuple[list[int], float]:
     return shown.tolist(), d
 
 
-@pytest.mark.parametrize("config", [RuntimeConfig(), RuntimeConfig(scale="zscore", measure="footrule"),
-                                    RuntimeConfig(exclude_seen=False, alpha=0.2)])
+# (order measures: this check recomputes the disagreement from the two orders alone)
+@pytest.mark.parametrize("config", [RuntimeConfig(measure="rbo"), RuntimeConfig(scale="zscore", measure="footrule"),
+                                    RuntimeConfig(exclude_seen=False, alpha=0.2, measure="rbo")])
 def test_every_event_matches_a_fresh_rerank(tmp_path: Path, config: RuntimeConfig) -> None:
     rng = np.random.default_rng(11)
     store = DeviceStore(tmp_path / "d.sqlite")
@@ -88,10 +89,11 @@ def test_a_reopened_runtime_filters_what_it_saw_before(tmp_path: Path) -> None:
     rng = np.random.default_rng(12)
     store = DeviceStore(tmp_path / "d.sqlite")
     store.save_list(cached_list(rng, "L0"))
-    rt = DeviceRuntime("d", store, HashReranker(), None, NeverPolicy())
+    rbo = RuntimeConfig(measure="rbo")
+    rt = DeviceRuntime("d", store, HashReranker(), None, NeverPolicy(), rbo)
     for t in range(5):
         rt.record(int(rt.recommend()[0]), float(t))
     shown = rt.recommend().tolist()
     rt.close()
-    again = DeviceRuntime("d", DeviceStore(tmp_path / "d.sqlite"), HashReranker(), None, NeverPolicy())
+    again = DeviceRuntime("d", DeviceStore(tmp_path / "d.sqlite"), HashReranker(), None, NeverPolicy(), rbo)
     assert again.recommend().tolist() == shown == expected(again)[0][:10]

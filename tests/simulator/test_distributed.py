@@ -25,8 +25,8 @@ def test_two_shards_equal_one_process(tmp_path: Path, cloud_model_dir: Path, reg
         "fleet": {"bin_s": 20.0},
     })
     with CloudProcess(cloud_model_dir, registry_dir) as cloud:
-        single = run_fleet(sc, "disagreement", cloud.address, tmp_path / "single")
-        sharded = run_sharded(sc, "disagreement", cloud.address, tmp_path / "sharded", shards=2)
+        single = run_fleet(sc, "system", cloud.address, tmp_path / "single")
+        sharded = run_sharded(sc, "system", cloud.address, tmp_path / "sharded", shards=2)
     assert sharded.devices == single.devices == 20
     assert single.summary()["events"] > 60 and single.summary()["requests"] > 0
     # Every bin of simulated time: events, hits, NDCG, requests by reason, bytes, list ages.

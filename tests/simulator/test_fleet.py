@@ -48,8 +48,10 @@ def test_trace_fleet_is_the_same_whatever_the_concurrency_and_evictions(
         assert stored == [*spec.history.tolist(), *items.tolist()]
 
 
+# The unbudgeted disagreement policy (the system's "disagreement" override: a fixed rbo
+# threshold): nothing caps its requests, so the retry herd after an outage is the spreading's.
 OUTAGE = {
-    "name": "outage-test", "seed": 3, "policies": ["disagreement"],
+    "name": "outage-test", "seed": 3, "policies": ["disagreement"], "runtime": {"measure": "rbo"},
     "workload": {"kind": "closed_loop", "devices": 200, "duration_s": 130.0, "warmup_s": 20.0},
     "users": {"event_gap_s": 4.0, "session_gap_s": 30.0},
     "fleet": {"bin_s": 10.0, "deadline_s": 1.0, "upload_telemetry": True},

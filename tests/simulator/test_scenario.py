@@ -79,7 +79,7 @@ def test_every_bad_value_is_reported_at_once_with_its_key_path() -> None:
     ({"faults": [{"kind": "cloud_down", "at_s": 1}]}, "faults.0.duration_s: required"),
     ({"faults": {"kind": "cloud_down"}}, "faults: must be an array of tables ([[faults]])"),
     ({"workload": 3}, "workload: must be a table ([workload]), got 3"),
-    ({"policies": ["disagreement", "fastest"]}, "policies.1: must be 'disagreement', 'always'"),
+    ({"policies": ["disagreement", "fastest"]}, "policies.1: must be 'system', 'disagreement', 'always'"),
     ({"policies": []}, "policies: must not be empty"),
     ({"fleet": {"k": 20}}, "fleet.k = 20 must be <= runtime.show = 10"),
 ])
@@ -111,7 +111,7 @@ def test_valid_scenarios_build_the_same_dataclasses() -> None:
     sc = load_scenario("cloud-outage")
     assert sc.workload == WorkloadSpec(kind="closed_loop", devices=2000, duration_s=330.0, warmup_s=60.0)
     assert sc.fleet == FleetSpec(store_dir="tmpfs", bin_s=10.0, deadline_s=1.0)
-    assert sc.policies == ("disagreement",) and sc.description.startswith("2,000 closed-loop users")
+    assert sc.policies == ("system",) and sc.description.startswith("2,000 closed-loop users")
     mine = parse_scenario({"fleet": {"bin_s": 5, "concurrency": 2}, "users": {"dim": 8}})
     assert isinstance(mine.fleet.bin_s, float) and mine.fleet.bin_s == 5.0  # an int is a float
     assert mine.fleet.concurrency == 2 and mine.users.dim == 8 and mine.name == "scenario"
