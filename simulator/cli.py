@@ -53,6 +53,19 @@ def cmd_simulate(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _paired(results: list, k: int) -> None:  # type: ignore[type-arg]
+    """The system's run (else the first) against each other one, paired over the devices both ran."""
+    from dcrec.simulator.report import paired_per_device
+
+    if len(results) < 2 or not all(r.per_device for r in results):
+        return
+    first = next((r for r in results if r.policy == "system"), results[0])
+    for other in (r for r in results if r is not first):
+        d, lo, hi, n = paired_per_device(first, other)
+        print(f"NDCG@{k} per device, {first.policy} - {other.policy}: {d:+.4f} [{lo:+.4f}, {hi:+.4f}] "
+              f"(95 % paired bootstrap over {n} devices)")
+
+
 def cmd_scenario(ns: argparse.Namespace) -> int:
     from dcrec.simulator.report import summary_table
     from dcrec.simulator.runner import Models, run_scenario
@@ -72,6 +85,7 @@ def cmd_scenario(ns: argparse.Namespace) -> int:
     outcome = run_scenario(sc, models, out, shards=ns.shards, ray_address=ns.ray_address)
     print(f"scenario {sc.name}: {sc.description}")
     print(summary_table(outcome.results, sc.fleet.k))
+    _paired(outcome.results, sc.fleet.k)
     for name, c in outcome.checks.items():
         print(f"check {'pass' if c['ok'] else 'FAIL'}: {name} = {c['value']} (limit {c['limit']})")
     print(f"report: {outcome.report}")

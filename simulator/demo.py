@@ -52,6 +52,14 @@ def explain(results: list, ratio: float) -> str:  # type: ignore[type-arg]
     else:
         lines.append("Here a fresh list is worth nothing over the device's own lists: the "
                      "neighbour index already holds what the cloud would send.")
+    fleets = {r.policy: r.fleet for r in results if r.fleet is not None and r.fleet.per_device}
+    if {"never", SYSTEM_POLICY, "always"} <= set(fleets):
+        from dcrec.simulator.report import paired_per_device
+
+        for other in ("never", "always"):
+            d, lo, hi, n = paired_per_device(fleets[SYSTEM_POLICY], fleets[other])
+            lines.append(f"\nPer device, the system minus {other}: NDCG@10 {d:+.4f} "
+                         f"[{lo:+.4f}, {hi:+.4f}] (95 % paired bootstrap over {n} devices).")
     return " ".join(lines)
 
 

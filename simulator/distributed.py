@@ -64,7 +64,8 @@ def merge_results(parts: Sequence[FleetResult]) -> FleetResult:
         wall_s=max(p.wall_s for p in parts), setup_s=max(p.setup_s for p in parts),
         lost_events=sum(p.lost_events for p in parts), deferred=sum(p.deferred for p in parts),
         evictions=sum(p.evictions for p in parts), rss_start_mb=sum(p.rss_start_mb for p in parts),
-        rss_peak_mb=sum(p.rss_peak_mb for p in parts), proxy=proxy, cpu_s=sum(p.cpu_s for p in parts))
+        rss_peak_mb=sum(p.rss_peak_mb for p in parts), proxy=proxy, cpu_s=sum(p.cpu_s for p in parts),
+        per_device={d: v for p in parts for d, v in p.per_device.items()})
 
 
 def run_sharded(sc: Scenario, policy: str, address: str, workdir: Path, shards: int,

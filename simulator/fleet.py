@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import math
 import random
 import shutil
 import sqlite3
@@ -128,6 +129,9 @@ class FleetResult:
     cloud_cpu_s: float | None = None  # ... and the cloud server process, when the run started it
     telemetry_sent: int | None = None  # outbox records the cloud acknowledged (upload_telemetry)
     telemetry_pending: int | None = None  # ... and records left in the outboxes
+    # device id -> (the data set's user behind it, events, hits, NDCG@k sum): per-user figures,
+    # so two runs over the same users compare paired (dcrec.simulator.report.paired_per_device)
+    per_device: dict[str, tuple[int, int, int, float]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, float]:
         s = summarize(self.series)
@@ -164,6 +168,8 @@ class SimDevice:
     path: Path
     runtime: DeviceRuntime | None = None
     fed: int = 0
+    hits: int = 0  # events whose chosen item was in the shown top k
+    ndcg: float = 0.0  # their discounted gain: per-device figures, paired across runs
     counters: tuple[int, int, int] = (0, 0, 0)  # requests, failed, events_since_request across reopen
     busy: bool = False
 
@@ -264,6 +270,9 @@ class Fleet:
         self.series.event(t, resp.position, age, shown.size == 0)
         rt.record(resp.item, t)
         dev.fed += 1
+        if 0 <= resp.position < self.config.k:
+            dev.hits += 1
+            dev.ndcg += 1.0 / math.log2(resp.position + 2)
 
     # --- faults ---------------------------------------------------------------------------
     def _fault_actions(self, proxy: ProxyThread | None,
@@ -419,7 +428,9 @@ class Fleet:
         return FleetResult(cfg.policy, self.series, len(devices), wall, setup_s, lost, deferred,
                            self._evictions, rss_start, rss_peak,
                            replace(proxy.stats) if proxy else None, cfg.faults, cpu,
-                           telemetry_sent=sent, telemetry_pending=pending)
+                           telemetry_sent=sent, telemetry_pending=pending,
+                           per_device={d.spec.device_id: (d.spec.user, d.fed, d.hits, d.ndcg)
+                                       for d in devices.values()})
 
     def _upload_telemetry(self, devices: Iterable[SimDevice]) -> tuple[int, int]:
         """Each device flushes its outbox once, after its last event; (sent, pending).

@@ -20,10 +20,11 @@ import base64
 import html
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only; never a display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -146,6 +147,9 @@ def write_report(out: Path, scenario: Scenario, results: Sequence[FleetResult],
     for r in results:
         rows += [{"policy": r.policy, **row} for row in r.series.rows()]
     write_csv(out / "timeseries.csv", rows)
+    write_csv(out / "devices.csv", [{"policy": r.policy, "device": d, "user": u, "events": e, "hits": h,
+                                     "ndcg": round(n, 9)}
+                                    for r in results for d, (u, e, h, n) in sorted(r.per_device.items())])
     summary = {"scenario": scenario.name, "seed": scenario.seed,
                "results": [{"policy": r.policy, **r.summary(),
                             "reasons": dict(r.series.total().reasons),
@@ -197,3 +201,20 @@ pre {{ background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.85em; }
     path = out / "report.html"
     path.write_text(page)
     return path
+
+
+def paired_per_device(a: FleetResult, b: FleetResult, draws: int = 2000, seed: int = 0,
+                      devices: Collection[str] | None = None) -> tuple[float, float, float, int]:
+    """NDCG@k of run ``a`` minus run ``b`` over the devices both ran (or those of ``devices``),
+    each device's mean over its own events, with a 95 % paired bootstrap interval over devices:
+    (difference, low, high, number of devices)."""
+    common = sorted(d for d in a.per_device if d in b.per_device and a.per_device[d][1]
+                    and b.per_device[d][1] and (devices is None or d in devices))
+    if not common:
+        raise ValueError(f"runs {a.policy} and {b.policy} share no device with events")
+    diff = np.array([a.per_device[d][3] / a.per_device[d][1] - b.per_device[d][3] / b.per_device[d][1]
+                     for d in common])
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, diff.size, (draws, diff.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return float(diff.mean()), float(lo), float(hi), diff.size

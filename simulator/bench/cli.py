@@ -132,8 +132,31 @@ def cmd_cloud_eval(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adaptation(ns: argparse.Namespace) -> int:
+    from dcrec.simulator.bench.adaptation import markdown, run
+
+    models = Path(ns.models)
+    if not (models / "cloud").is_dir() or not (models / "registry").is_dir():
+        raise UsageError(f"--models {models}: needs cloud/ and registry/ (what dcrec demo leaves)")
+    out = Path(ns.out)
+    cells = run(models, out, ns.users, tuple(ns.scenario or ("steady", "engagement")),
+                say=lambda s: print(s, file=sys.stderr, flush=True))
+    table = markdown(cells)
+    (out / "adaptation.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bench = area(sub, "bench")
+    q = bench.add_parser("adaptation", help="the system with and without on-device adaptation, on "
+                                            "users whose taste drifts (paired over devices)")
+    q.add_argument("--models", default="runs/demo", help="a folder with cloud/ and registry/ (dcrec demo's)")
+    q.add_argument("--scenario", action="append", choices=["steady", "engagement"],
+                   help="workloads to run (default: both)")
+    q.add_argument("--users", type=positive_int, help="users per workload (default: the scenario's)")
+    q.add_argument("--out", default="runs/bench-adaptation")
+    q.set_defaults(fn=cmd_adaptation)
     q = bench.add_parser("quality", help="every variant of the stale-cloud protocol, side by side")
     q.add_argument("--dataset", default="ml-100k", help="ml-100k, beauty, or a path")
     q.add_argument("--system", metavar="TOML",
