@@ -1,4 +1,4 @@
-"""Fusing cloud and device scores on a comparable scale, with a per-device learned weight.
+"""Fusing cloud and device scores on a comparable scale.
 
 Raw cloud scores (co-occurrence weights, log-probabilities) and device logits
 live on different scales, so both are mapped onto one first:
@@ -10,24 +10,12 @@ live on different scales, so both are mapped onto one first:
 The fused score is ``alpha * cloud + (1 - alpha) * device``; ``alpha = 1``
 keeps the cloud's order, ``alpha = 0`` the device's.
 
-:class:`AlphaLearner` adapts ``alpha`` per device from the user's own
-choices. Every time the user picks an item that was in the fused list, the
-device can say how well *each* of a few candidate weights ("arms") would have
-ranked it (full information, not a bandit's single pull), and exponentiated
-weights (Hedge) move towards the arms that ranked the user's choices highest.
-A prior centred on the configured weight keeps new devices at the default.
-
 Example::
 
     fused = fuse(cloud_scores, device_scores, alpha=0.5)   # (C,)
-    learner = AlphaLearner(prior_alpha=0.5)
-    learner.update(cloud_scores, device_scores, chosen=3)  # index into the list
-    learner.alpha                                          # the device's weight now
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -135,57 +123,3 @@ def blend_lists(cached_items: np.ndarray, cached_scores: np.ndarray, local_items
         sorter = np.argsort(items, kind="stable")
         scores[sorter[np.searchsorted(items, local_items, sorter=sorter)]] += weight * rl
     return items, scores.astype(np.float32)
-
-
-def rank_of(fused: np.ndarray, chosen: int) -> np.ndarray:
-    """0-based rank of item ``chosen`` under each row of ``fused`` (A, C); ties count against it."""
-    return (fused >= fused[:, chosen : chosen + 1]).sum(axis=1) - 1
-
-
-@dataclass
-class AlphaLearner:
-    """Hedge over a few fixed cloud weights, rewarded by NDCG@k of the user's actual choices."""
-
-    prior_alpha: float = 0.5  # where a new device starts
-    arms: tuple[float, ...] = (0.0, 0.2, 0.35, 0.5, 0.65, 0.8, 1.0)
-    eta: float = 2.0  # learning rate per unit of reward (NDCG gain in [0, 1])
-    prior_strength: float = 8.0  # log-weight penalty per unit squared distance from the prior
-    k: int = 10  # the choice counts when it would have been shown in the top k
-    scale: Scale = "rank"
-    log_w: np.ndarray = field(init=False)
-    updates: int = field(default=0, init=False)
-
-    def __post_init__(self) -> None:
-        arms = np.asarray(self.arms, dtype=np.float64)
-        if arms.size < 1 or arms.min() < 0 or arms.max() > 1:
-            raise ValueError("arms must be weights in [0, 1]")
-        if not 0.0 <= self.prior_alpha <= 1.0:
-            raise ValueError(f"prior_alpha must be in [0, 1], got {self.prior_alpha}")
-        self.log_w = -self.prior_strength * (arms - self.prior_alpha) ** 2
-
-    @property
-    def alpha(self) -> float:
-        """The arm with the most weight (ties: the one nearest the prior)."""
-        arms = np.asarray(self.arms)
-        best = np.flatnonzero(self.log_w >= self.log_w.max() - 1e-12)
-        return float(arms[best[np.argmin(np.abs(arms[best] - self.prior_alpha))]])
-
-    def update(self, cloud_scores: np.ndarray, device_scores: np.ndarray, chosen: int) -> None:
-        """The user picked ``chosen`` (an index into the scored list): reward every arm."""
-        c = normalise(cloud_scores, self.scale).astype(np.float64)
-        d = normalise(device_scores, self.scale).astype(np.float64)
-        arms = np.asarray(self.arms, dtype=np.float64)[:, None]
-        ranks = rank_of(arms * c + (1 - arms) * d, chosen)
-        gain = np.where(ranks < self.k, 1.0 / np.log2(ranks + 2.0), 0.0)
-        self.log_w = self.log_w + self.eta * gain
-        self.log_w -= self.log_w.max()  # keep the numbers small; Hedge only needs differences
-        self.updates += 1
-
-    def state(self) -> dict[str, object]:
-        return {"log_w": self.log_w.tolist(), "updates": self.updates, "arms": list(self.arms)}
-
-    def load_state(self, state: dict[str, object]) -> None:
-        if list(state.get("arms", [])) != list(self.arms):  # type: ignore[call-overload]
-            return  # arms changed with a new configuration: start over from the prior
-        self.log_w = np.asarray(state["log_w"], dtype=np.float64)
-        self.updates = int(state.get("updates", 0))  # type: ignore[call-overload]

@@ -5,9 +5,8 @@ One :class:`DeviceRuntime` per user/device. On every behaviour event it
 1. appends the event to the local store (durable before anything else; an item
    id outside the model's catalogue, ``[1, n_items]``, is refused first with a
    ValueError and nothing is stored),
-2. learns from the choice, when the chosen item was in the list it showed:
-   the per-device fusion weight (:class:`~dcrec.device.fusion.AlphaLearner`) and the
-   per-user vector (:class:`~dcrec.device.adapt.UserAdapter`), both optional,
+2. learns from the choice: the per-user vector
+   (:class:`~dcrec.device.adapt.UserAdapter`, the system's ``adapt``),
 3. reranks the cached cloud candidates with the on-device model and the
    freshest history (plus the user vector),
 4. fuses device and cloud scores (on a common scale, weight ``alpha``),
@@ -39,7 +38,6 @@ from dcrec.device.adapt import UserAdapter
 from dcrec.device.catalogue import CatalogueGuard, refuse
 from dcrec.device.client import CloudClient, CloudRejected, CloudUnavailable
 from dcrec.device.fusion import (
-    AlphaLearner,
     blend,
     blend_lists,
     descending_order,
@@ -191,8 +189,6 @@ class DeviceRuntime:
         self.failed_requests = 0
         self.events_since_request = 0
         self._list_fresh = False  # True from a successful request until the next event
-        self.alpha_learner = (AlphaLearner(prior_alpha=self.config.alpha, scale=self.config.scale)
-                              if self.config.learn_alpha else None)
         self.adapter: UserAdapter | None = None
         self._adapter_model: str | None = None  # version of the model the user vector belongs to
         self._shown = np.zeros(0, dtype=np.int64)
@@ -226,8 +222,8 @@ class DeviceRuntime:
 
     @property
     def alpha(self) -> float:
-        """The cloud's fusion weight in use now (learned per device when ``learn_alpha``)."""
-        return self.alpha_learner.alpha if self.alpha_learner else self.config.alpha
+        """The cloud's fusion weight."""
+        return self.config.alpha
 
     # --- the event path ---------------------------------------------------------------------
     def record(self, item_id: int, ts: float | None = None) -> Recommendation:
@@ -323,14 +319,12 @@ class DeviceRuntime:
 
     # --- learning from the user's choices ------------------------------------------------------
     def _learn(self, item: int) -> None:
-        if self.alpha_learner is None and self.adapter is None:
+        if self.adapter is None:
             return
         last = self._last
         if last is None or last.items.size == 0:
             return
         hit = np.flatnonzero(last.items == item)
-        if self.alpha_learner is not None and hit.size:
-            self.alpha_learner.update(last.cloud, last.device, int(hit[0]))
         if self.adapter is not None and last.emb is not None and last.model == self._model_version():
             # (a list scored by a model since replaced holds embeddings of another space)
             if hit.size:
@@ -590,8 +584,6 @@ class DeviceRuntime:
             policy_state = state.get("policy", {})
             if policy_state.get("name") == getattr(self.policy, "name", None) and hasattr(self.policy, "load_state"):
                 self.policy.load_state(policy_state["state"])
-            if self.alpha_learner is not None and "alpha" in state:
-                self.alpha_learner.load_state(state["alpha"])
             self._adapter_state = state.get("adapter")
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             # a damaged value (not JSON, or not the shape written): the learned state starts afresh
@@ -620,8 +612,6 @@ class DeviceRuntime:
         state: dict[str, object] = {}
         if hasattr(self.policy, "state"):
             state["policy"] = {"name": self.policy.name, "state": self.policy.state()}
-        if self.alpha_learner is not None:
-            state["alpha"] = self.alpha_learner.state()
         if self.adapter is not None:
             state["adapter"] = {"model": self._adapter_model, "state": self.adapter.state()}
         if state:

@@ -49,8 +49,11 @@ def release(cloud_model_dir: Path, device_model_dir: Path, tmp_path_factory: pyt
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("config", [{"measure": "rbo"}, {"measure": "regret", "device_candidates": 3}],
-                         ids=["rbo", "regret+device-candidates"])
+# Every setting spelled out: the two checkouts' defaults differ (the system's moved to regret
+# and the user vector).
+@pytest.mark.parametrize("config", [{"measure": "rbo", "adapt": False},
+                                    {"measure": "regret", "device_candidates": 3, "adapt": True}],
+                         ids=["rbo", "regret+device-candidates+user-vector"])
 def test_the_fast_path_shows_what_the_old_one_showed(before: Path, release: Release, ml100k: Dataset,
                                                      cloud_model_dir: Path, config: dict) -> None:
     seqs = [ml100k.sequence(u) for u in range(ml100k.n_users)]

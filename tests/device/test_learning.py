@@ -1,4 +1,4 @@
-"""Per-device learning: the fusion weight, the user vector, and their state across restarts."""
+"""Per-device learning: the user vector, and its state across restarts."""
 
 from pathlib import Path
 
@@ -6,30 +6,11 @@ import numpy as np
 import pytest
 
 from dcrec.device.adapt import UserAdapter
-from dcrec.device.fusion import AlphaLearner, fuse, zscores
+from dcrec.device.fusion import fuse, zscores
 from dcrec.device.policy import make_policy
 from dcrec.device.reranker import OnnxReranker
 from dcrec.device.runtime import DeviceRuntime, RuntimeConfig
 from dcrec.device.store import CachedList, DeviceStore
-
-
-def test_alpha_learner_moves_towards_the_side_that_predicts_choices() -> None:
-    rng = np.random.default_rng(0)
-    learner = AlphaLearner(prior_alpha=0.5)
-    assert learner.alpha == 0.5  # a new device starts at the configured weight
-    for _ in range(30):
-        cloud, device = rng.random(50), rng.random(50)
-        chosen = int(np.argmax(device))  # the user always takes the device's favourite
-        learner.update(cloud, device, chosen)
-    assert learner.alpha < 0.35
-    cloud_fan = AlphaLearner(prior_alpha=0.5)
-    for _ in range(30):
-        cloud, device = rng.random(50), rng.random(50)
-        cloud_fan.update(cloud, device, int(np.argmax(cloud)))
-    assert cloud_fan.alpha > 0.65
-    again = AlphaLearner(prior_alpha=0.5)
-    again.load_state(learner.state())
-    assert again.alpha == learner.alpha
 
 
 def test_zscore_fusion_keeps_margins() -> None:
@@ -81,19 +62,17 @@ def reranker(device_model_dir: Path) -> OnnxReranker:
 
 def test_runtime_learns_and_keeps_its_state(tmp_path: Path, reranker: OnnxReranker) -> None:
     assert reranker.has_embeddings
-    rt = _runtime(tmp_path / "d.sqlite", reranker, adapt=True, learn_alpha=True)
+    rt = _runtime(tmp_path / "d.sqlite", reranker)  # the system adapts: no setting needed
     for n in range(12):
         shown = rt.recommend()
         rec = rt.record(int(shown[n % 3]), float(n))  # the user keeps taking shown items
         assert rec.items.size == 10
     assert rt.adapter is not None and rt.adapter.updates == 12
-    assert rt.alpha_learner is not None and rt.alpha_learner.updates == 12
     assert np.linalg.norm(rt.adapter.u) > 0
-    u, log_w, bucket = rt.adapter.u.copy(), rt.alpha_learner.log_w.copy(), rt.policy.state()  # type: ignore[attr-defined]
+    u, bucket = rt.adapter.u.copy(), rt.policy.state()  # type: ignore[attr-defined]
     rt.close()
-    again = _runtime(tmp_path / "d.sqlite", reranker, adapt=True, learn_alpha=True)
+    again = _runtime(tmp_path / "d.sqlite", reranker)
     assert again.adapter is not None and np.allclose(again.adapter.u, u)
-    assert again.alpha_learner is not None and np.allclose(again.alpha_learner.log_w, log_w)
     assert again.policy.state() == bucket  # type: ignore[attr-defined] # a restart does not refill the budget
     # An item from outside the list also teaches the user vector (its embedding comes from the model).
     again.record(1500, 20.0)

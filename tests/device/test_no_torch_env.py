@@ -28,7 +28,7 @@ rr = OnnxReranker.from_file({str(device_model_dir / 'model.onnx')!r}, 50)
 store = DeviceStore({str(tmp_path / 'd.sqlite')!r})
 store.save_list(CachedList(np.arange(1, 101), np.linspace(1, 0, 100).astype('float32'), 'L', 'm', 0.0, 1e9))
 rt = DeviceRuntime('d', store, rr, None, make_policy('budgeted', seed=0),
-                   RuntimeConfig(adapt=True, learn_alpha=True, scale='zscore'))
+                   RuntimeConfig(adapt=True, scale='zscore'))
 for n, item in enumerate([5, 17, 40]):
     rec = rt.record(item, float(n))
 assert rec.items.size == 10 and 5 not in rec.items.tolist()

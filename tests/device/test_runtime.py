@@ -177,7 +177,8 @@ def test_regret_reads_candidate_scores_from_the_catalogue_pass(tmp_path: Path, c
             return super().score(history, candidates)
 
     rr = Counting.from_file(device_model_dir / "model.onnx", 50, n_items=1682)
-    rt = make(tmp_path, cloud[0], rr, NeverPolicy(), measure="regret")
+    # (no user vector: it moves the candidates' scores off the plain catalogue pass)
+    rt = make(tmp_path, cloud[0], rr, NeverPolicy(), measure="regret", adapt=False)
     first = rt.record(50, 1.0)
     rec = rt.record(100, 2.0)
     assert Counting.calls == 0 and first.items.size == rec.items.size == 10

@@ -55,16 +55,33 @@ def test_every_metric_is_a_probability(bench) -> None:  # type: ignore[no-untype
 
 
 def test_fusion_weights_come_from_the_grid(bench) -> None:  # type: ignore[no-untyped-def]
-    _, rows, infos = bench
+    cfg, rows, infos = bench
     assert 0.0 <= infos[0]["alpha_stale"] <= 1.0 and 0.0 <= infos[0]["alpha_fresh"] <= 1.0
-    # The fused list is a reordering of the same list: recall cannot change.
-    assert get(rows, "fusion")["recall@list"] == pytest.approx(get(rows, "cloud-stale")["recall@list"])
+    # Fusion reorders the list it is given: the fresh list's recall stays the fresh list's; the
+    # stale one is blended with the index's local list first (the system), which can only add
+    # what the local list holds.
+    assert cfg.neighbours == 50  # the bench runs the system
+    assert get(rows, "always-fresh")["recall@list"] == pytest.approx(get(rows, "cloud-fresh")["recall@list"])
+    stale = get(rows, "fusion")["recall@list"]
+    assert get(rows, "cloud-stale")["recall@list"] <= stale + 1e-12  # every stale item stays listed
+    assert stale <= get(rows, "cloud-stale")["recall@list"] + get(rows, "neighbour-index")["recall@list"] + 1e-12
 
 
 def test_report_outputs(bench, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    _, rows, _ = bench
+    cfg, rows, _ = bench
     table = report.markdown(rows)
     assert "| cloud-stale |" in table and "fusion + disagreement r=5%" in table
+    # the headline: the system (learned at its budget) first, then its baselines, from the same rows
+    head = report.headline(rows, cfg.system, cfg.system_ratio)
+    learned, never = get(rows, "learned", 0.05), get(rows, "fusion")
+    lines = head.splitlines()
+    assert lines[0] == "The system (system), 1 seed(s), request budget 5 %:"
+    assert lines[4].startswith("| the system (fusion + learned requests) | ")
+    assert f"| {learned['NDCG@10']:.4f} ± 0.0000 |" in lines[4]
+    assert f"| never: fusion, no request after the first list | 0% | {never['NDCG@10']:.4f} ± 0.0000 |" in head
+    assert "| leave-one-out: SASRec (reproduced reference) | - |" in head
+    assert f"The system minus random at 5 %, NDCG@10, per seed (95 % paired bootstrap over users): " \
+           f"{learned['vs_random']:+.4f}" in head
     report.write_csv(rows, tmp_path / "q.csv")
     assert len((tmp_path / "q.csv").read_text().splitlines()) == len(rows) + 1
     report.plot(rows, tmp_path / "q.png", "test")

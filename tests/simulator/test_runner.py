@@ -54,7 +54,7 @@ def test_the_command_fails_on_a_run_without_events(tmp_path: Path, no_events: li
     code = main(["simulate", "--scenario", str(scenario), "--connect", "127.0.0.1:1",
                  "--out", str(tmp_path / "out")])
     assert code == 1
-    assert "dcrec: error: scenario empty: the disagreement fleet produced 0 events" in \
+    assert "dcrec: error: scenario empty: the system fleet produced 0 events" in \
         capsys.readouterr().err
 
 
