@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from dcrec.device.runtime import system_of
 from dcrec.shared.data import load_dataset
 from dcrec.shared.progress import Progress
 from dcrec.shared.splits import time_split
@@ -55,7 +56,8 @@ def run_simulations(spec: SimulationSpec, say: Callable[[str], None] = log.info)
         if reranker is None:
             say(f"simulate: the cloud at {address} hands out no device model; devices show "
                 "the cloud's order")
-        runtime = SYSTEM.device if spec.alpha is None else replace(SYSTEM.device, alpha=spec.alpha)
+        device = system_of(reranker).device  # what the release's devices run (else the built-in system)
+        runtime = device if spec.alpha is None else replace(device, alpha=spec.alpha)
         for policy in spec.policies or [SYSTEM_POLICY]:
             bar = Progress(f"simulate {policy:>12}", 1)
 
