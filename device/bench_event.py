@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from dcrec.shared.system import SYSTEM
+
 WORKER = Path(__file__).with_name("bench_event_worker.py")
 
 
@@ -234,7 +236,7 @@ def _start(subject: Subject, release: Release, events: Path, config: dict[str, A
 def bench_event(release: Release, sequences: Sequence[np.ndarray], events: int = 3000,
                 warmup: int = 300, block: int = 100, devices: int = 32,
                 baselines: Sequence[Path] = (), config: dict[str, Any] | None = None,
-                policy: str = "budgeted", threads: int = 1, stages: bool = True,
+                policy: str = SYSTEM.policy.name, threads: int = 1, stages: bool = True,
                 seed: int = 0, cloud_model: Path | None = None,
                 compare_scores: bool = False) -> EventBench:
     """Time ``events`` events per subject after ``warmup`` untimed ones, in turns of ``block``;

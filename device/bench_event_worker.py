@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--neighbours", help="the release's neighbour index (.npz)")
     p.add_argument("--events", required=True, help="the event file bench_event wrote (.npz)")
     p.add_argument("--config", default="{}", help="RuntimeConfig fields (JSON)")
-    p.add_argument("--policy", default="budgeted")
+    p.add_argument("--policy", default="learned")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--stages", action="store_true", help="time the stages too")
     p.add_argument("--scores", action="store_true",
@@ -125,6 +125,13 @@ def main(argv: list[str] | None = None) -> int:
                                                    threads=ns.threads,
                                                    n_items=model_config.get("n_items"))
     index = neighbours_mod.NeighbourIndex.load(ns.neighbours) if ns.neighbours else None
+    if "request_model" in model_config:  # the learned policy's model, in checkouts that have one
+        try:
+            value_mod = _import("shared.request_value", flat)
+        except ImportError:
+            value_mod = None
+        if value_mod is not None:
+            reranker.request_model = value_mod.RequestValueModel.from_dict(model_config["request_model"])
     config = runtime_mod.RuntimeConfig(**json.loads(ns.config))
     data = np.load(ns.events)
     n_devices = int(data["n_devices"])

@@ -15,6 +15,7 @@ from dcrec.shared.cliutil import (
     options,
     positive_int,
 )
+from dcrec.shared.system import SYSTEM
 
 
 def cmd_bench_event(ns: argparse.Namespace) -> int:
@@ -68,7 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="an older checkout of the project, timed side by side (repeatable)")
     q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=key_value,
                    help="RuntimeConfig fields, e.g. measure=regret device_candidates=3")
-    q.add_argument("--policy", default="budgeted")
+    q.add_argument("--policy", default=SYSTEM.policy.name,
+                   help="request policy (default: the system's); the runtime settings default to "
+                        "the system's too (--set KEY=VALUE changes one)")
     q.add_argument("--cloud-model", help="a cloud model directory: serve it on loopback and let the "
                                          "policy's requests reach it (default: no cloud client)")
     q.add_argument("--threads", type=positive_int, default=1)
