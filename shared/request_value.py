@@ -91,10 +91,10 @@ def situation_features(open_scores: np.ndarray, shown: np.ndarray, live_items: n
         rbo = 0.0
     since = np.asarray(since, dtype=np.int64)
     sent = np.asarray(list_items, dtype=np.int64)
-    since_hits = float(np.isin(since, sent).mean()) if since.size else 1.0
+    since_hits = float(_member(since, sent).mean()) if since.size else 1.0
     if local_items is not None and np.asarray(local_items).size:
         loc = np.asarray(local_items, dtype=np.int64)[:top]
-        local_overlap = float(np.isin(loc, live).mean())
+        local_overlap = float(_member(loc, live).mean())
     else:
         local_overlap = 0.0
     return np.array([
@@ -108,8 +108,20 @@ def situation_features(open_scores: np.ndarray, shown: np.ndarray, live_items: n
         since_hits,
         math.log1p(since.size),
         local_overlap,
-        float(np.isin(top_ids, live).mean()),
+        float(_member(top_ids, live).mean()),
     ])
+
+
+def _member(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``np.isin(a, b)`` for item ids (ints >= 0), through a mask over the ids: the same
+    booleans, without isin's sorting (it is on the device's event path)."""
+    if a.size == 0 or b.size == 0:
+        return np.zeros(a.shape, dtype=bool)
+    if min(int(a.min()), int(b.min())) < 0:
+        return np.isin(a, b)
+    mask = np.zeros(max(int(a.max()), int(b.max())) + 1, dtype=bool)
+    mask[b] = True
+    return mask[a]
 
 
 @dataclass(frozen=True)

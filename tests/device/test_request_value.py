@@ -268,3 +268,15 @@ def test_the_cloud_trains_a_request_model_by_replaying_the_runtime(
     assert cli(["cloud", "publish", "--registry", str(registry), "--model",
                 str(device_model_dir / "model.onnx"), "--config", str(device_model_dir / "model.json"),
                 "--request-model", str(tmp_path / "bad.json"), "--version", "bad"]) != 0
+
+
+def test_membership_by_mask_is_isin() -> None:
+    from dcrec.shared.request_value import _member
+
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        a = rng.integers(0, int(rng.integers(1, 50)), int(rng.integers(0, 30)))
+        b = rng.integers(0, int(rng.integers(1, 50)), int(rng.integers(0, 30)))
+        assert np.array_equal(_member(a, b), np.isin(a, b))
+    neg = np.array([-1, 3, 5])
+    assert np.array_equal(_member(neg, np.array([5, -1])), np.isin(neg, np.array([5, -1])))
