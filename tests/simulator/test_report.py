@@ -52,7 +52,7 @@ def test_report_files(tmp_path: Path) -> None:
 def test_simulate_scenario_cli(tmp_path: Path, cloud_model_dir: Path, registry_dir: Path,
                                capsys: pytest.CaptureFixture[str]) -> None:
     scenario = tmp_path / "tiny.toml"
-    scenario.write_text('name = "tiny"\npolicies = ["never", "always"]\n'
+    scenario.write_text('name = "tiny"\npolicies = ["never", "system", "always"]\n'
                         '[workload]\nkind = "trace"\nmax_users = 3\n[fleet]\nbin_s = 86400.0\n'
                         '[checks]\nmax_lost_events = 0\nmax_shown_empty = 0\n')
     out = tmp_path / "out"
@@ -60,7 +60,16 @@ def test_simulate_scenario_cli(tmp_path: Path, cloud_model_dir: Path, registry_d
                  "--registry", str(registry_dir), "--out", str(out)])
     printed = capsys.readouterr().out
     assert code == 0, printed
-    assert "| never |" in printed and "| always |" in printed and "check pass" in printed
+    assert "| never |" in printed and "| system |" in printed and "| always |" in printed
+    assert "check pass" in printed
+    # the system against each other policy, paired over the same devices
+    for other in ("never", "always"):
+        assert f"NDCG@10 per device, system - {other}: " in printed
+        assert "(95 % paired bootstrap over 3 devices)" in printed
+    with (out / "devices.csv").open() as f:
+        devices = list(csv.DictReader(f))
+    assert len(devices) == 9 and {"policy", "device", "user", "events", "hits", "ndcg"} <= set(devices[0])
+    assert sum(int(d["events"]) for d in devices if d["policy"] == "system") > 0
     assert (out / "report.html").is_file() and (out / "plots" / "quality.png").is_file()
     code = main(["simulate", "--scenario", str(scenario), "--set", "checks.min_events_per_s=1e12",
                  "--set", "workload.max_users=1", "--set", 'policies=["never"]',
