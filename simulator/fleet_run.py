@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -18,6 +19,7 @@ import numpy as np
 
 from dcrec.device.client import CloudClient, CloudRejected, CloudUnauthorized, CloudUnavailable
 from dcrec.device.reranker import Reranker
+from dcrec.device.runtime import RuntimeConfig, system_of
 from dcrec.device.updates import load_installed, update
 from dcrec.shared.contract import DeviceModel
 from dcrec.shared.data import Dataset, load_dataset
@@ -89,13 +91,20 @@ def store_dir(spec: str, policy: str, shard: int) -> tuple[Path | None, bool]:
     return Path(spec) / policy / f"shard{shard}", False
 
 
+def runtime_settings(sc: Scenario, reranker: Reranker | None) -> RuntimeConfig:
+    """The devices' settings: the system the release carries (else the built-in one), with
+    the [runtime] keys the scenario sets on top."""
+    base = system_of(reranker).device
+    return replace(base, **{k: getattr(sc.runtime, k) for k in sc.runtime_keys})
+
+
 def fleet_config(sc: Scenario, policy: str, workdir: Path, shard: int = 0, shards: int = 1,
-                 access: CloudAccess | None = None) -> FleetConfig:
+                 access: CloudAccess | None = None, reranker: Reranker | None = None) -> FleetConfig:
     f = sc.fleet
     stores, cleanup = store_dir(f.store_dir, policy, shard)
     return FleetConfig(
         workdir=workdir, store_dir=stores, cleanup_stores=cleanup, policy=policy,
-        threshold=sc.threshold, runtime=sc.runtime, k=f.k, deadline_s=f.deadline_s, seed=sc.seed,
+        threshold=sc.threshold, runtime=runtime_settings(sc, reranker), k=f.k, deadline_s=f.deadline_s, seed=sc.seed,
         clock=f.clock, speed=f.speed, concurrency=f.concurrency, channels=f.channels,
         max_open=f.max_open, bin_s=f.bin_s, recovery_spread=f.recovery_spread,
         network=sc.network, faults=sc.faults, shard=shard, shards=shards,
@@ -178,7 +187,7 @@ def run_fleet(sc: Scenario, policy: str, address: str, workdir: Path, cloud: Clo
         bar.update(int(fraction * 1000), f"{events} events")
 
     fleet = Fleet(workload, address, reranker,
-                  fleet_config(sc, policy, workdir, shard, shards, access), cloud)
+                  fleet_config(sc, policy, workdir, shard, shards, access, reranker), cloud)
     result = fleet.run(tick if bar else None)
     if bar:
         bar.close()

@@ -135,6 +135,9 @@ class Scenario:
     surges: tuple[Surge, ...] = ()
     checks: Checks = field(default_factory=Checks)
     source: str = ""  # the TOML text, for the report
+    # The [runtime] keys the scenario itself sets (file or --set): they override the device
+    # settings of the system the release carries; every other setting is the release's.
+    runtime_keys: tuple[str, ...] = ()
 
     def validate(self) -> None:
         self.workload.validate()
@@ -479,7 +482,9 @@ def parse_scenario(raw: dict[str, Any], default_name: str = "scenario", source: 
         raise ScenarioError(head + "".join(f"\n  {p}" for p in problems), problems)
     tables = {key: cls(**_settings(parts[key])) for key, cls in _TABLES.items() if key in parts}
     arrays = {key: tuple(cls(**_settings(m)) for m in parts[key]) for key, cls in _ARRAYS.items()}
-    sc = Scenario(**_settings(parts[""]), **tables, **arrays, source=source)
+    given = raw.get("runtime", {})
+    sc = Scenario(**_settings(parts[""]), **tables, **arrays, source=source,
+                  runtime_keys=tuple(sorted(given)) if isinstance(given, dict) else ())
     sc.validate()  # the dataclasses' own checks, for anything the limits above do not cover
     return sc
 
@@ -488,4 +493,5 @@ def describe(sc: Scenario) -> str:
     """One line per part, for logs and the report."""
     d = dataclasses.asdict(sc)
     d.pop("source")
+    d.pop("runtime_keys")
     return json.dumps(d, indent=1, default=str)

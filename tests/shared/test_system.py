@@ -151,6 +151,14 @@ def test_a_device_runs_the_system_its_release_was_published_with(
     registry.publish(device_model_dir / "model.onnx", config, "v2", system=path)
     rr = install(registry.current(), tmp_path / "model")  # type: ignore[arg-type]
     assert rr.system == mine
+    # a simulated fleet runs the release's device settings, with what its scenario sets on top
+    from dcrec.simulator.fleet_run import runtime_settings
+    from dcrec.simulator.scenario import parse_scenario
+
+    assert runtime_settings(parse_scenario({}), rr) == mine.device
+    assert runtime_settings(parse_scenario({"runtime": {"alpha": 0.8}}), rr) == \
+        dataclasses.replace(mine.device, alpha=0.8)
+    assert runtime_settings(parse_scenario({}), None) == SYSTEM.device
     rt = DeviceRuntime("d", DeviceStore(tmp_path / "d.sqlite"), rr, None)
     assert rt.config == mine.device and rt.config.measure == "rbo"
     assert isinstance(rt.policy, BudgetedPolicy) and not isinstance(rt.policy, LearnedPolicy)
