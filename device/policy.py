@@ -20,8 +20,9 @@ Budgeted policies (:mod:`dcrec.device.budget`: a token bucket refilled by
   tracks the device's own score quantile, so about ``target_ratio`` of events
   trigger; also when the list expired or is mostly consumed, and when the
   bucket is full (a token left unused would be lost);
-* :class:`LearnedPolicy` — the system's policy (dcrec.shared.system): the same budget spent on the events whose predicted gain
-  (the release's request-value model, :mod:`dcrec.shared.request_value`) is highest;
+* :class:`LearnedPolicy` — the system's policy (:mod:`dcrec.shared.system`): the same
+  budget spent on the events whose predicted gain (the release's request-value model,
+  :mod:`dcrec.shared.request_value`) is highest;
   without a model it behaves as :class:`BudgetedPolicy` and says so in the log;
 * :class:`RandomPolicy` — requests at random events, same budget;
 * :class:`PeriodicPolicy` — every ``1 / target_ratio`` events, same budget.
